@@ -1,0 +1,126 @@
+"""The model base class and the shared ELBO pieces every VAE-family loss uses.
+
+A model is a flax module holding an ``encoder`` and a ``decoder`` (plus any
+extra networks). Its ``__call__(x)`` touches every sub-network so that
+``model.init(key, x)`` returns all variables; losses reach the parts through
+``encode`` and ``decode``. The functions here are the pieces of the ELBO,
+
+    ELBO(x) = E_{q(z|x)}[log p(x|z)] − KL(q(z|x) ‖ p(z)),
+
+written once and reused by the VAE, β-VAE, InfoVAE, InfoMaxVAE, HVAE and RHVAE
+losses and by ``aet.evaluate``.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .decoders import decoder_loglikelihood
+from .encoders import encoder_kl, encoder_mean, encoder_sample
+from .validation import check_array, check_key
+
+Variables = Any
+
+
+class AutoEncoderModel(nn.Module):
+    """Base of every model: an ``encoder`` and a ``decoder``.
+
+    ``__call__(x)`` encodes ``x`` ``(batch, *data_shape)``, takes the posterior
+    mean and decodes it; it exists so that ``model.init(key, x)`` creates all
+    parameters.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def encode(self, x: jax.Array) -> Any:
+        return self.encoder(x)
+
+    def decode(self, z: jax.Array) -> Any:
+        return self.decoder(z)
+
+    def __call__(self, x: jax.Array) -> Any:
+        enc = self.encoder(x)
+        return self.decoder(encoder_mean(self.encoder, enc))
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.encoder.latent_dim)
+
+
+def data_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """The per-example data shape the decoder produces, when it declares one."""
+    shape = getattr(model.decoder, "output_shape", None)
+    if shape is None:
+        return None
+    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+
+
+def check_inputs(model: nn.Module, x: Any, key: Any = None, *, name: str = "x") -> None:
+    """Validate a loss's data (and key) before any computation."""
+    check_array(x, name, data_shape=data_shape(model))
+    if key is not None:
+        check_key(key)
+
+
+def encode(model: nn.Module, variables: Variables, x: jax.Array) -> Any:
+    """Encoder output (the parameters of q(z|x)) for ``x`` ``(batch, *data_shape)``."""
+    return model.apply(variables, x, method="encode")
+
+
+def decode(model: nn.Module, variables: Variables, z: jax.Array) -> Any:
+    """Decoder output (the parameters of p(x|z)) for codes ``z`` ``(batch, d)``."""
+    return model.apply(variables, z, method="decode")
+
+
+def loglikelihood(model: nn.Module, variables: Variables, x: jax.Array, z: jax.Array) -> jax.Array:
+    """log p(x|z) per example, ``(batch,)``, through the dispatched likelihood."""
+    return decoder_loglikelihood(model.decoder, x, decode(model, variables, z))
+
+
+def sample_posterior(model: nn.Module, enc_out: Any, key: jax.Array, n_samples: int) -> jax.Array:
+    """``n_samples`` reparameterised draws from q(z|x): ``(n_samples, batch, d)`` (vmapped)."""
+    keys = jax.random.split(key, n_samples)
+    return jax.vmap(lambda k: encoder_sample(model.encoder, enc_out, k))(keys)
+
+
+def mc_loglikelihood(model: nn.Module, variables: Variables, x: jax.Array, zs: jax.Array) -> jax.Array:
+    """log p(x|z_s) for each sample: ``zs`` ``(S, batch, d)`` → ``(S, batch)`` (vmapped)."""
+    return jax.vmap(lambda z: loglikelihood(model, variables, x, z))(zs)
+
+
+class ELBOTerms(NamedTuple):
+    """Per-example pieces of the ELBO.
+
+    ``loglik``: Monte-Carlo mean of log p(x|z) over the samples, ``(batch,)``;
+    ``kl``: closed-form KL(q(z|x) ‖ N(0, I)), ``(batch,)``; ``z``: the samples
+    ``(S, batch, d)``; ``enc_out``: the encoder's output.
+    """
+
+    loglik: jax.Array
+    kl: jax.Array
+    z: jax.Array
+    enc_out: Any
+
+
+def elbo_terms(
+    model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, n_samples: int = 1
+) -> ELBOTerms:
+    """Encode, draw ``n_samples`` codes per example, and score them.
+
+    loglik = (1/S) Σₛ log p(x|zₛ), zₛ = μ + σ ⊙ εₛ; kl = KL(q(z|x) ‖ N(0, I)).
+    """
+    enc_out = encode(model, variables, x)
+    zs = sample_posterior(model, enc_out, key, n_samples)
+    loglik = jnp.mean(mc_loglikelihood(model, variables, x, zs), axis=0)
+    return ELBOTerms(loglik, encoder_kl(model.encoder, enc_out), zs, enc_out)
+
+
+def finish(loss: jax.Array, metrics: dict[str, jax.Array], aux: bool) -> Any:
+    """Return ``loss`` or ``(loss, metrics)`` with ``metrics['loss']`` filled in."""
+    if aux:
+        return loss, {"loss": loss, **metrics}
+    return loss

@@ -1,0 +1,192 @@
+"""Data sets: scikit-learn's bundled digits by default, and the user's own files.
+
+Every loader returns a :class:`Dataset` of float32 arrays, batch-first, and
+rejects empty data, NaN/inf and malformed files with a ``ValueError`` naming
+the file. Integer arrays are converted explicitly: ``uint8`` data (images) are
+divided by 255; other integer data (e.g. counts) are cast to float32 unchanged.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from typing import Iterator, NamedTuple, Optional
+
+import jax
+import numpy as np
+
+
+class Dataset(NamedTuple):
+    """``x``: ``(n, *data_shape)`` float32; ``y``: ``(n,)`` integer labels or ``None``."""
+
+    x: np.ndarray
+    y: Optional[np.ndarray] = None
+    name: str = "data"
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def check_data(x: np.ndarray, source: str, *, min_ndim: int = 2) -> np.ndarray:
+    """Convert ``x`` to float32 and check it; ``ValueError`` naming ``source`` otherwise."""
+    x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ValueError(f"{source}: data must be numeric, got dtype {x.dtype}")
+    if x.size == 0 or (x.ndim >= 1 and x.shape[0] == 0):
+        raise ValueError(f"{source}: the data set is empty")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{source}: expected an array of rank >= {min_ndim} (examples, features...), got shape {x.shape}")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    else:
+        x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        raise ValueError(f"{source}: contains {int(bad.sum())} NaN/inf value(s), the first at index {tuple(int(i) for i in first)}")
+    return x
+
+
+def load_digits(*, val_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """scikit-learn's 8×8 digits (1797 images, shipped with the package): pixels scaled to [0, 1].
+
+    Returns ``(train, val)`` with ``x`` of shape ``(n, 64)`` and digit labels;
+    the split is a fixed permutation drawn with ``seed``.
+    """
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    x = (bunch.data / 16.0).astype(np.float32)
+    ds = Dataset(x, bunch.target.astype(np.int32), "digits")
+    return train_val_split(ds, val_fraction=val_fraction, seed=seed)
+
+
+def train_val_split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Split ``ds`` into train and validation parts by a fixed random permutation."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}")
+    n = len(ds)
+    n_val = max(1, int(round(n * val_fraction)))
+    if n - n_val < 1:
+        raise ValueError(f"{ds.name}: too few examples ({n}) to split")
+    perm = np.random.default_rng(seed).permutation(n)
+    tr, va = perm[n_val:], perm[:n_val]
+    pick = lambda idx, part: Dataset(ds.x[idx], None if ds.y is None else ds.y[idx], f"{ds.name}/{part}")
+    return pick(tr, "train"), pick(va, "val")
+
+
+def _open(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an MNIST-style IDX file (optionally gzipped)."""
+    with _open(path) as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    count = int(np.prod(dims)) if dims else 0
+    if len(raw) - header != count * dtype.itemsize:
+        raise ValueError(f"{path}: IDX body has {len(raw) - header} bytes, the header promises {count * dtype.itemsize}")
+    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def _idx_labels_for(path: str) -> Optional[str]:
+    base = os.path.basename(path)
+    for a, b in (("images-idx3", "labels-idx1"), ("images.idx3", "labels.idx1")):
+        if a in base:
+            cand = os.path.join(os.path.dirname(path), base.replace(a, b))
+            if os.path.exists(cand):
+                return cand
+    return None
+
+
+def _read_csv(path: str) -> np.ndarray:
+    with open(path) as f:
+        first = f.readline()
+    if not first.strip():
+        raise ValueError(f"{path}: the file is empty")
+    try:
+        [float(v) for v in first.strip().split(",")]
+        skip = 0
+    except ValueError:
+        skip = 1  # a header row
+    try:
+        arr = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
+    except ValueError as err:
+        raise ValueError(f"{path}: not a numeric CSV file ({err})") from None
+    return arr
+
+
+def load(path: str, *, flatten: bool = False) -> Dataset:
+    """Load ``path``: ``.npz`` (arrays ``x`` and optional ``y``, else the first array),
+    ``.npy``, ``.csv`` (numeric, optional header row, one example per row), or an
+    MNIST IDX image file (``*-idx3-ubyte[.gz]``, with its labels file beside it if present).
+
+    ``flatten`` reshapes each example to a vector.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a file path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: the file is empty")
+    y = None
+    lower = path.lower()
+    try:
+        if lower.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                if not z.files:
+                    raise ValueError(f"{path}: the archive holds no arrays")
+                x = z["x"] if "x" in z.files else z[z.files[0]]
+                y = z["y"] if "y" in z.files else None
+        elif lower.endswith(".npy"):
+            x = np.load(path, allow_pickle=False)
+        elif lower.endswith(".csv"):
+            x = _read_csv(path)
+        elif "idx" in lower or "ubyte" in lower:
+            x = read_idx(path)
+            lab = _idx_labels_for(path)
+            y = read_idx(lab) if lab else None
+        else:
+            raise ValueError(f"{path}: unknown format (expected .npz, .npy, .csv or an IDX file)")
+    except ValueError:
+        raise
+    except Exception as err:  # unreadable file: zip errors, pickle refusal, I/O errors
+        raise ValueError(f"{path}: cannot read the file ({type(err).__name__}: {err})") from None
+    x = check_data(x, path)
+    if flatten:
+        x = x.reshape(x.shape[0], -1)
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"{path}: {x.shape[0]} examples but {y.shape[0]} labels")
+        y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else None
+    return Dataset(x, y, os.path.basename(path))
+
+
+def load_named(name: str, *, val_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """``"digits"`` or a file path, split into ``(train, val)``; images are flattened."""
+    if name == "digits":
+        return load_digits(val_fraction=val_fraction, seed=seed)
+    return train_val_split(load(name, flatten=True), val_fraction=val_fraction, seed=seed)
+
+
+def batches(x: np.ndarray, batch_size: int, *, key: Optional[jax.Array] = None, drop_last: bool = False) -> Iterator[np.ndarray]:
+    """Iterate over ``x`` in batches; shuffled by ``key`` when given."""
+    n = x.shape[0]
+    order = np.asarray(jax.random.permutation(key, n)) if key is not None else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        yield x[order[i : i + batch_size]]

@@ -1,0 +1,236 @@
+"""Decoders and the dispatched log-likelihood ``decoder_loglikelihood``.
+
+A decoder maps codes ``z`` ``(batch, d)`` to the parameters of p(x|z) over data
+of shape ``(batch, *output_shape)``. ``decoder_loglikelihood`` dispatches on the
+decoder's type; adding a likelihood means writing one module and registering
+one function (see the Poisson example in the README), and every model accepts it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .dispatch import dispatched
+from .distributions import BernoulliParams, CategoricalParams, GaussianLogParams, GaussianParams
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+Shape = Union[int, Sequence[int]]
+
+
+def _shape(output_shape: Shape) -> tuple[int, ...]:
+    return (int(output_shape),) if isinstance(output_shape, int) else tuple(int(s) for s in output_shape)
+
+
+class _ShapeMixin:
+    """Stores ``output_shape`` as a tuple so the module stays hashable."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_shape", _shape(self.output_shape))  # type: ignore[attr-defined]
+        super().__post_init__()  # type: ignore[misc]
+
+
+def _head(h: jax.Array, output_shape: Shape, name: str) -> jax.Array:
+    shape = _shape(output_shape)
+    out = nn.Dense(math.prod(shape), name=name)(h)
+    return out.reshape(out.shape[:-1] + shape)
+
+
+class Decoder(_ShapeMixin, nn.Module):
+    """Deterministic decoder returning the reconstruction ``(batch, *output_shape)``."""
+
+    body: nn.Module
+    output_shape: Shape
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        return _head(self.body(z), self.output_shape, "out")
+
+
+class BernoulliDecoder(_ShapeMixin, nn.Module):
+    """p(x|z) = Πᵢ Bernoulli(xᵢ; sigmoid(logitᵢ)); returns ``BernoulliParams(logits)``."""
+
+    body: nn.Module
+    output_shape: Shape
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> BernoulliParams:
+        return BernoulliParams(_head(self.body(z), self.output_shape, "logits"))
+
+
+class CategoricalDecoder(_ShapeMixin, nn.Module):
+    """p(x|z) = Πᵢ Categorical(xᵢ; softmax(logitsᵢ)); logits ``(batch, *output_shape, n_categories)``."""
+
+    body: nn.Module
+    output_shape: Shape
+    n_categories: int
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> CategoricalParams:
+        shape = _shape(self.output_shape) + (int(self.n_categories),)
+        return CategoricalParams(_head(self.body(z), shape, "logits"))
+
+
+class SimpleGaussianDecoder(_ShapeMixin, nn.Module):
+    """p(x|z) = N(x; μ(z), I): returns ``GaussianParams(mu, sigma=1)``."""
+
+    body: nn.Module
+    output_shape: Shape
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> GaussianParams:
+        mu = _head(self.body(z), self.output_shape, "mu")
+        return GaussianParams(mu, jnp.ones_like(mu))
+
+
+class JointGaussianLogDecoder(_ShapeMixin, nn.Module):
+    """Diagonal Gaussian with heads μ and log σ on a shared body."""
+
+    body: nn.Module
+    output_shape: Shape
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> GaussianLogParams:
+        h = self.body(z)
+        return GaussianLogParams(_head(h, self.output_shape, "mu"), _head(h, self.output_shape, "logsigma"))
+
+
+class JointGaussianDecoder(_ShapeMixin, nn.Module):
+    """Diagonal Gaussian with heads μ and σ = softplus(·) on a shared body."""
+
+    body: nn.Module
+    output_shape: Shape
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> GaussianParams:
+        h = self.body(z)
+        return GaussianParams(
+            _head(h, self.output_shape, "mu"), nn.softplus(_head(h, self.output_shape, "sigma"))
+        )
+
+
+class SplitGaussianLogDecoder(_ShapeMixin, nn.Module):
+    """Diagonal Gaussian whose μ and log σ come from two separate bodies."""
+
+    mu_body: nn.Module
+    logsigma_body: nn.Module
+    output_shape: Shape
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> GaussianLogParams:
+        return GaussianLogParams(
+            _head(self.mu_body(z), self.output_shape, "mu"),
+            _head(self.logsigma_body(z), self.output_shape, "logsigma"),
+        )
+
+
+class SplitGaussianDecoder(_ShapeMixin, nn.Module):
+    """Diagonal Gaussian whose μ and σ = softplus(·) come from two separate bodies."""
+
+    mu_body: nn.Module
+    sigma_body: nn.Module
+    output_shape: Shape
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> GaussianParams:
+        return GaussianParams(
+            _head(self.mu_body(z), self.output_shape, "mu"),
+            nn.softplus(_head(self.sigma_body(z), self.output_shape, "sigma")),
+        )
+
+
+GaussianDecoder = Union[
+    SimpleGaussianDecoder,
+    JointGaussianLogDecoder,
+    JointGaussianDecoder,
+    SplitGaussianLogDecoder,
+    SplitGaussianDecoder,
+]
+
+
+def _sum_data_axes(v: jax.Array, x: jax.Array) -> jax.Array:
+    """Sum ``v`` over the trailing ``x.ndim - 1`` (data) axes, keeping batch and sample axes."""
+    n = x.ndim - 1
+    return jnp.sum(v, axis=tuple(range(v.ndim - n, v.ndim))) if n > 0 else v
+
+
+@dispatched("decoder_loglikelihood")
+def decoder_loglikelihood(decoder: nn.Module, x: jax.Array, dec_out: Any) -> jax.Array:
+    """log p(x|z) summed over every data dimension; ``x`` ``(batch, *data_shape)`` → ``(batch,)``.
+
+    ``dec_out`` is the decoder's output for the codes z. Leading sample axes in
+    ``dec_out`` broadcast against ``x``.
+    """
+
+
+@dispatched("decoder_mean")
+def decoder_mean(decoder: nn.Module, dec_out: Any) -> jax.Array:
+    """The mean of p(x|z) (probabilities for Bernoulli/Categorical), ``(batch, *data_shape[, k])``."""
+
+
+def gaussian_loglikelihood(x: jax.Array, mu: jax.Array, logsigma: jax.Array) -> jax.Array:
+    """Σ log N(x; μ, σ²) over the data axes: −½Σ(x−μ)²/σ² − Σ log σ − (D/2) log 2π."""
+    return _sum_data_axes(-0.5 * ((x - mu) * jnp.exp(-logsigma)) ** 2 - logsigma - 0.5 * _LOG_2PI, x)
+
+
+@decoder_loglikelihood.register(BernoulliDecoder)
+def _bernoulli_loglik(decoder: BernoulliDecoder, x: jax.Array, dec_out: BernoulliParams) -> jax.Array:
+    # x log σ(l) + (1 − x) log σ(−l), exact and stable for any logit l
+    l = dec_out.logits
+    return _sum_data_axes(x * jax.nn.log_sigmoid(l) + (1.0 - x) * jax.nn.log_sigmoid(-l), x)
+
+
+@decoder_loglikelihood.register(CategoricalDecoder)
+def _categorical_loglik(decoder: CategoricalDecoder, x: jax.Array, dec_out: CategoricalParams) -> jax.Array:
+    logp = jax.nn.log_softmax(dec_out.logits, axis=-1)
+    if jnp.issubdtype(x.dtype, jnp.integer):  # integer class labels (batch, *output_shape)
+        picked = jnp.take_along_axis(logp, x[..., None], axis=-1)[..., 0]
+        return _sum_data_axes(picked, x)
+    return _sum_data_axes(jnp.sum(x * logp, axis=-1), x[..., 0])  # one-hot (batch, *shape, k)
+
+
+@decoder_loglikelihood.register(JointGaussianLogDecoder)
+@decoder_loglikelihood.register(SplitGaussianLogDecoder)
+def _gaussian_log_loglik(decoder: nn.Module, x: jax.Array, dec_out: GaussianLogParams) -> jax.Array:
+    return gaussian_loglikelihood(x, dec_out.mu, dec_out.logsigma)
+
+
+@decoder_loglikelihood.register(SimpleGaussianDecoder)
+@decoder_loglikelihood.register(JointGaussianDecoder)
+@decoder_loglikelihood.register(SplitGaussianDecoder)
+def _gaussian_loglik(decoder: nn.Module, x: jax.Array, dec_out: GaussianParams) -> jax.Array:
+    return gaussian_loglikelihood(x, dec_out.mu, jnp.log(dec_out.sigma))
+
+
+@decoder_loglikelihood.register(Decoder)
+def _deterministic_loglik(decoder: Decoder, x: jax.Array, dec_out: jax.Array) -> jax.Array:
+    # a deterministic decoder read as N(x; x̂, I) (the AE itself uses the MSE)
+    return gaussian_loglikelihood(x, dec_out, jnp.zeros_like(dec_out))
+
+
+@decoder_mean.register(BernoulliDecoder)
+def _bernoulli_mean(decoder: BernoulliDecoder, dec_out: BernoulliParams) -> jax.Array:
+    return jax.nn.sigmoid(dec_out.logits)
+
+
+@decoder_mean.register(CategoricalDecoder)
+def _categorical_mean(decoder: CategoricalDecoder, dec_out: CategoricalParams) -> jax.Array:
+    return jax.nn.softmax(dec_out.logits, axis=-1)
+
+
+@decoder_mean.register(SimpleGaussianDecoder)
+@decoder_mean.register(JointGaussianLogDecoder)
+@decoder_mean.register(JointGaussianDecoder)
+@decoder_mean.register(SplitGaussianLogDecoder)
+@decoder_mean.register(SplitGaussianDecoder)
+def _gaussian_mean(decoder: nn.Module, dec_out: Any) -> jax.Array:
+    return dec_out.mu
+
+
+@decoder_mean.register(Decoder)
+def _deterministic_mean(decoder: Decoder, dec_out: jax.Array) -> jax.Array:
+    return dec_out

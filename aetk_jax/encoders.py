@@ -1,0 +1,140 @@
+"""Encoders and their dispatched probability functions.
+
+An encoder maps ``x`` of shape ``(batch, *data_shape)`` to the parameters of
+q(z|x) over latent codes of shape ``(batch, latent_dim)``. The functions below
+dispatch on the encoder's type (``functools.singledispatch``); a user encoder
+registers its own with ``@aet.encoder_kl.register(MyEncoder)`` and so on.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .dispatch import dispatched
+from .distributions import GaussianLogParams, GaussianParams
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class Encoder(nn.Module):
+    """Deterministic encoder: ``z = Dense(latent_dim)(body(x))``, shape ``(batch, latent_dim)``."""
+
+    body: nn.Module
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(self.latent_dim, name="z")(self.body(x))
+
+
+class JointGaussianLogEncoder(nn.Module):
+    """Gaussian q(z|x) = N(μ(x), diag σ(x)²) with heads μ and log σ on a shared body."""
+
+    body: nn.Module
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> GaussianLogParams:
+        h = self.body(x)
+        return GaussianLogParams(
+            nn.Dense(self.latent_dim, name="mu")(h), nn.Dense(self.latent_dim, name="logsigma")(h)
+        )
+
+
+class JointGaussianEncoder(nn.Module):
+    """Gaussian q(z|x) with heads μ and σ = softplus(·) > 0 on a shared body."""
+
+    body: nn.Module
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> GaussianParams:
+        h = self.body(x)
+        return GaussianParams(
+            nn.Dense(self.latent_dim, name="mu")(h),
+            nn.softplus(nn.Dense(self.latent_dim, name="sigma")(h)),
+        )
+
+
+GaussianEncoder = Union[JointGaussianLogEncoder, JointGaussianEncoder]
+
+
+def gaussian_mu_logsigma(out: Any) -> tuple[jax.Array, jax.Array]:
+    """(μ, log σ) of a ``GaussianLogParams`` or ``GaussianParams``."""
+    if isinstance(out, GaussianLogParams):
+        return out.mu, out.logsigma
+    if isinstance(out, GaussianParams):
+        return out.mu, jnp.log(out.sigma)
+    raise TypeError(f"expected GaussianLogParams or GaussianParams, got {type(out).__name__}")
+
+
+def spherical_logprior(z: jax.Array, sigma: float = 1.0) -> jax.Array:
+    """log N(z; 0, σ²I) summed over the last axis: −½(d log 2πσ² + ‖z‖²/σ²).
+
+    ``z``: ``(..., d)``; returns ``(...,)`` (``(batch,)`` for a batch of codes).
+    """
+    d = z.shape[-1]
+    return -0.5 * (d * (_LOG_2PI + 2.0 * jnp.log(sigma)) + jnp.sum(z**2, axis=-1) / sigma**2)
+
+
+def gaussian_logpdf(z: jax.Array, mu: jax.Array, logsigma: jax.Array) -> jax.Array:
+    """Σⱼ log N(zⱼ; μⱼ, σⱼ²) over the last axis; broadcasts leading axes."""
+    return jnp.sum(-0.5 * ((z - mu) * jnp.exp(-logsigma)) ** 2 - logsigma - 0.5 * _LOG_2PI, axis=-1)
+
+
+@dispatched("encoder_logposterior")
+def encoder_logposterior(encoder: nn.Module, z: jax.Array, enc_out: Any) -> jax.Array:
+    """log q(z|x) for codes ``z`` ``(..., batch, d)`` under ``enc_out``; returns ``(..., batch)``."""
+
+
+@dispatched("encoder_kl")
+def encoder_kl(encoder: nn.Module, enc_out: Any) -> jax.Array:
+    """KL(q(z|x) ‖ N(0, I)) in closed form, ``(batch,)``."""
+
+
+@dispatched("encoder_sample")
+def encoder_sample(encoder: nn.Module, enc_out: Any, key: jax.Array) -> jax.Array:
+    """One reparameterised draw z ~ q(z|x), ``(batch, d)``, differentiable in ``enc_out``."""
+
+
+@dispatched("encoder_mean")
+def encoder_mean(encoder: nn.Module, enc_out: Any) -> jax.Array:
+    """The posterior mean of z (the code itself for a deterministic encoder), ``(batch, d)``."""
+
+
+@encoder_logposterior.register(JointGaussianLogEncoder)
+@encoder_logposterior.register(JointGaussianEncoder)
+def _gaussian_logposterior(encoder: GaussianEncoder, z: jax.Array, enc_out: Any) -> jax.Array:
+    mu, logsigma = gaussian_mu_logsigma(enc_out)
+    return gaussian_logpdf(z, mu, logsigma)
+
+
+@encoder_kl.register(JointGaussianLogEncoder)
+@encoder_kl.register(JointGaussianEncoder)
+def _gaussian_kl(encoder: GaussianEncoder, enc_out: Any) -> jax.Array:
+    # KL(N(μ, σ²) ‖ N(0, 1)) = ½ Σ (σ² + μ² − 1 − 2 log σ)
+    mu, logsigma = gaussian_mu_logsigma(enc_out)
+    return 0.5 * jnp.sum(jnp.exp(2.0 * logsigma) + mu**2 - 1.0 - 2.0 * logsigma, axis=-1)
+
+
+@encoder_sample.register(JointGaussianLogEncoder)
+@encoder_sample.register(JointGaussianEncoder)
+def _gaussian_sample(encoder: GaussianEncoder, enc_out: Any, key: jax.Array) -> jax.Array:
+    # reparameterisation: z = μ + σ ⊙ ε, ε ~ N(0, I)
+    mu, logsigma = gaussian_mu_logsigma(enc_out)
+    return mu + jnp.exp(logsigma) * jax.random.normal(key, mu.shape, mu.dtype)
+
+
+@encoder_mean.register(JointGaussianLogEncoder)
+@encoder_mean.register(JointGaussianEncoder)
+def _gaussian_mean(encoder: GaussianEncoder, enc_out: Any) -> jax.Array:
+    return enc_out.mu
+
+
+@encoder_mean.register(Encoder)
+def _deterministic_mean(encoder: Encoder, enc_out: jax.Array) -> jax.Array:
+    return enc_out

@@ -1,0 +1,60 @@
+"""Held-out evaluation: the ELBO and the importance-sampled marginal log-likelihood."""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .base import Variables, check_inputs, encode, mc_loglikelihood, sample_posterior
+from .encoders import encoder_logposterior, spherical_logprior
+from .validation import check_int
+
+
+@functools.singledispatch
+def elbo(model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, **hyper: Any) -> jax.Array:
+    """Per-example ELBO of ``model`` on ``x``, ``(batch,)``.
+
+    The default is the VAE's log p(x|z) − KL(q‖p); HVAE and RHVAE register
+    their Hamiltonian ELBOs.
+    """
+    from . import vae
+
+    return vae.elbo(model, variables, x, key, **hyper)
+
+
+def marginal_loglikelihood(
+    model: nn.Module,
+    variables: Variables,
+    x: jax.Array,
+    key: jax.Array,
+    n_importance: int = 256,
+    *,
+    chunk: int = 32,
+) -> jax.Array:
+    """Importance-sampled log p(x) with q(z|x) as the proposal, ``(batch,)``:
+
+        log p(x) ≈ logsumexp_s [log p(x|z_s) + log p(z_s) − log q(z_s|x)] − log S,
+        z_s ~ q(z|x), s = 1..S (S = ``n_importance``).
+
+    By Jensen's inequality its expectation is ≤ log p(x) and ≥ the ELBO.
+    Samples are drawn in chunks of ``chunk`` (``lax.map``) to bound memory.
+    """
+    check_inputs(model, x, key)
+    check_int(n_importance, "n_importance", minimum=1)
+    check_int(chunk, "chunk", minimum=1)
+    chunk = min(chunk, n_importance)
+    n_chunks = -(-n_importance // chunk)
+    enc_out = encode(model, variables, x)
+
+    def log_weights(k: jax.Array) -> jax.Array:
+        zs = sample_posterior(model, enc_out, k, chunk)  # (chunk, batch, d)
+        logp = mc_loglikelihood(model, variables, x, zs) + spherical_logprior(zs)
+        return logp - encoder_logposterior(model.encoder, zs, enc_out)
+
+    logw = jax.lax.map(log_weights, jax.random.split(key, n_chunks))  # (n_chunks, chunk, batch)
+    logw = logw.reshape(n_chunks * chunk, x.shape[0])[:n_importance]
+    return jax.scipy.special.logsumexp(logw, axis=0) - math.log(n_importance)
