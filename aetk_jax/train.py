@@ -409,6 +409,35 @@ def fit(
     return jax.device_get(state.variables), history
 
 
+def load_variables(model: nn.Module, checkpoint_dir: str, x_example: Any, *, key: Optional[jax.Array] = None) -> Variables:
+    """The variables stored in the newest valid checkpoint of ``checkpoint_dir``.
+
+    ``x_example`` (one batch of data) builds the template with ``model.init``;
+    only the parameters and other variable collections are read (not the
+    optimizer state). ``ValueError`` when there is no readable checkpoint or it
+    belongs to another model configuration.
+    """
+    from flax import serialization
+
+    template = model.init(jax.random.key(0) if key is None else key, jnp.asarray(x_example))
+    for path in reversed(ckpt.list_checkpoints(checkpoint_dir)):
+        try:
+            raw = ckpt.read_raw(path)
+        except Exception as err:  # corrupt or truncated: try the previous one
+            import warnings
+
+            warnings.warn(f"skipping unreadable checkpoint {path}: {err}", RuntimeWarning, stacklevel=2)
+            continue
+        state = raw["state"]
+        stored = {**(state.get("collections") or {}), "params": state["params"]}
+        want, have = ckpt.signature(template), ckpt.signature(stored)
+        if want != have:
+            diffs = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+            raise ValueError(f"{path} does not match this model; it differs in {', '.join(diffs[:6])}")
+        return serialization.from_state_dict(template, stored)
+    raise ValueError(f"{checkpoint_dir}: no readable checkpoint")
+
+
 def save_history(history: dict[str, Any], path: str) -> None:
     """Write ``history`` as JSON."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -428,4 +457,5 @@ __all__ = [
     "fit",
     "with_aux",
     "save_history",
+    "load_variables",
 ]

@@ -1,0 +1,99 @@
+"""Ready-made MLP models for the command line and the examples.
+
+``build(name, data_shape, ...)`` returns a :class:`Recipe`: the model, its loss
+with the hyper-parameters bound (``loss(variables, x, key)``), and the
+hyper-parameters themselves, so the CLI, the docs and the benchmarks build the
+same networks.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+
+from . import ae, decoders, encoders, hvae, infomaxvae, mmdvae, rhvae, vae
+from .layers import MLP
+
+MODELS = ("ae", "vae", "betavae", "mmdvae", "infomaxvae", "hvae", "rhvae")
+DECODERS = ("bernoulli", "gaussian")
+
+
+class Recipe(NamedTuple):
+    name: str
+    model: nn.Module
+    loss: Callable[..., Any]
+    hyper: dict[str, Any]
+
+
+def _body(hidden: Sequence[int]) -> nn.Module:
+    return MLP(tuple(hidden), final_activation=nn.relu)
+
+
+def _decoder(kind: str, out: int, hidden: Sequence[int]) -> nn.Module:
+    if kind == "bernoulli":
+        return decoders.BernoulliDecoder(_body(hidden), out)
+    if kind == "gaussian":
+        return decoders.JointGaussianLogDecoder(_body(hidden), out)
+    raise ValueError(f"`decoder` must be one of {DECODERS}, got {kind!r}")
+
+
+def default_hyper(name: str) -> dict[str, Any]:
+    """The hyper-parameters the CLI uses for ``name`` (the library's defaults unless noted)."""
+    return {
+        "ae": {},
+        "vae": {"beta": 1.0},
+        "betavae": {"beta": 4.0},
+        "mmdvae": {"lam": 10.0, "alpha": 0.0},
+        "infomaxvae": {"alpha": 1.0, "beta": 1.0},
+        "hvae": {"K": 3, "eps": 1e-2, "beta0": 0.3},
+        "rhvae": {"K": 3, "eps": 1e-2, "beta0": 0.3, "n_fixed_point": 5},
+    }[name]
+
+
+def build(
+    name: str,
+    data_shape: Sequence[int],
+    *,
+    latent_dim: int = 2,
+    decoder: str = "bernoulli",
+    hidden: Sequence[int] = (128, 128),
+    n_centroids: int = 64,
+    T: float = 0.8,
+    lam: float = 1e-2,
+    **hyper: Any,
+) -> Recipe:
+    """Build model ``name`` on flat data of ``prod(data_shape)`` features.
+
+    Encoder: MLP(hidden) → Gaussian (μ, log σ) heads of ``latent_dim``; decoder:
+    MLP(hidden) → Bernoulli logits or Gaussian (μ, log σ). ``hyper`` overrides
+    :func:`default_hyper`.
+    """
+    if name not in MODELS:
+        raise ValueError(f"`model` must be one of {MODELS}, got {name!r}")
+    if latent_dim < 1:
+        raise ValueError(f"`latent_dim` must be >= 1, got {latent_dim}")
+    n_in = int(math.prod(data_shape))
+    hp = {**default_hyper(name), **hyper}
+    dec = _decoder(decoder, n_in, tuple(reversed(tuple(hidden))))
+    if name == "ae":
+        model = ae.AE(encoders.Encoder(_body(hidden), latent_dim), decoders.Decoder(_body(hidden[::-1]), n_in))
+        return Recipe(name, model, functools.partial(ae.loss, model), hp)
+    enc = encoders.JointGaussianLogEncoder(_body(hidden), latent_dim)
+    if name in ("vae", "betavae"):
+        model = vae.VAE(enc, dec)
+        return Recipe(name, model, functools.partial(vae.loss, model, **hp), hp)
+    if name == "mmdvae":
+        model = mmdvae.MMDVAE(enc, dec)
+        return Recipe(name, model, functools.partial(mmdvae.loss, model, **hp), hp)
+    if name == "infomaxvae":
+        critic = infomaxvae.MutualInfoNetwork(MLP((hidden[0], hidden[0], 1)))
+        model = infomaxvae.InfoMaxVAE(enc, dec, critic)
+        return Recipe(name, model, functools.partial(infomaxvae.loss, model, **hp), hp)
+    if name == "hvae":
+        model = hvae.HVAE(enc, dec)
+        return Recipe(name, model, functools.partial(hvae.loss, model, **hp), hp)
+    metric = rhvae.MetricNetwork(_body(hidden), latent_dim)
+    model = rhvae.RHVAE(enc, dec, metric, n_centroids, T, lam)
+    return Recipe(name, model, functools.partial(rhvae.loss, model, **hp), hp)
