@@ -59,10 +59,13 @@ def data_shape(model: nn.Module) -> tuple[int, ...] | None:
     return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
 
 
-def check_inputs(model: nn.Module, x: Any, key: Any = None, *, name: str = "x") -> None:
-    """Validate a loss's data (and key) before any computation."""
+_NO_KEY = object()
+
+
+def check_inputs(model: nn.Module, x: Any, key: Any = _NO_KEY, *, name: str = "x") -> None:
+    """Validate a loss's data (and key, when one is passed: ``None`` is then a TypeError)."""
     check_array(x, name, data_shape=data_shape(model))
-    if key is not None:
+    if key is not _NO_KEY:
         check_key(key)
 
 

@@ -9,6 +9,8 @@ Files are written to a temporary name, fsynced, then renamed into place.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +41,46 @@ def signature(tree: Any) -> dict[str, list[int]]:
     return {jax.tree_util.keystr(p): list(np.shape(v)) for p, v in flat}
 
 
+def _describe(value: Any) -> str:
+    """A stable text form of one module attribute (functions by name, arrays by shape and hash)."""
+    if isinstance(value, functools.partial):
+        kw = ", ".join(f"{k}={_describe(v)}" for k, v in sorted(value.keywords.items()))
+        return f"partial({_describe(value.func)}{', ' if kw else ''}{kw})"
+    if hasattr(value, "shape") and hasattr(value, "dtype") and np.ndim(value) > 0:
+        arr = np.asarray(value)
+        return f"array{arr.shape}:{arr.dtype}:{hashlib.sha256(arr.tobytes()).hexdigest()[:12]}"
+    if callable(value) and not isinstance(value, type) and hasattr(value, "__name__"):
+        return f"{getattr(value, '__module__', '') or ''}.{value.__name__}".lstrip(".")
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def model_config(model: Any, prefix: str = "model") -> dict[str, str]:
+    """The configuration of a flax module as flat ``{"model.encoder.latent_dim": "2", ...}``.
+
+    Every dataclass field of ``model`` and of its sub-modules (recursively)
+    except ``parent`` and ``name``; stored in checkpoints so that resuming or
+    loading with another configuration is refused with the fields that differ.
+    """
+    out = {prefix: type(model).__name__}
+    if not dataclasses.is_dataclass(model):
+        return out
+    for field in dataclasses.fields(model):
+        if field.name in ("parent", "name"):
+            continue
+        value = getattr(model, field.name, None)
+        key = f"{prefix}.{field.name}"
+        if dataclasses.is_dataclass(value) and hasattr(value, "apply"):  # a sub-module
+            out.update(model_config(value, key))
+        elif isinstance(value, (list, tuple)) and any(hasattr(v, "apply") for v in value):
+            for i, v in enumerate(value):
+                out.update(model_config(v, f"{key}[{i}]") if hasattr(v, "apply") else {f"{key}[{i}]": _describe(v)})
+        else:
+            out[key] = _describe(value)
+    return out
+
+
 def save(directory: str, epoch: int, payload: dict[str, Any], keep: int = 3) -> str:
     """Write ``payload`` atomically as checkpoint ``epoch``; keep the newest ``keep`` files."""
     os.makedirs(directory, exist_ok=True)
@@ -51,6 +93,12 @@ def save(directory: str, epoch: int, payload: dict[str, Any], keep: int = 3) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        for name in os.listdir(directory):  # leftovers of a writer killed mid-write
+            if name.startswith(".tmp_ckpt_") and os.path.join(directory, name) != tmp:
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except OSError:
+                    pass
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -82,7 +130,13 @@ def read_raw(path: str) -> dict[str, Any]:
     digest, body = blob[len(MAGIC) : len(MAGIC) + 32], blob[len(MAGIC) + 32 :]
     if _digest(body) != digest:
         raise ValueError(f"{path}: checksum mismatch (truncated or corrupt)")
-    return serialization.msgpack_restore(body)
+    try:
+        raw = serialization.msgpack_restore(body)
+    except Exception as err:  # msgpack's own errors: data only, nothing is executed
+        raise ValueError(f"{path}: undecodable checkpoint body ({type(err).__name__}: {err})") from None
+    if not isinstance(raw, dict) or "state" not in raw:
+        raise ValueError(f"{path}: not an aetk_jax checkpoint payload (no 'state' entry)")
+    return raw
 
 
 def restore(path: str, template: dict[str, Any], raw: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -96,11 +150,8 @@ def restore(path: str, template: dict[str, Any], raw: Optional[dict[str, Any]] =
     if want_sig is not None and raw.get("signature") != want_sig:
         have = json.loads(raw.get("signature", "{}"))
         want = json.loads(want_sig)
-        diffs = [
-            f"{k}: checkpoint {have.get(k)} vs model {want.get(k)}"
-            for k in sorted(set(have) | set(want))
-            if have.get(k) != want.get(k)
-        ]
+        keys = sorted(set(have) | set(want), key=lambda k: (not k.startswith("model"), k))  # configuration first
+        diffs = [f"{k}: checkpoint {have.get(k)} vs model {want.get(k)}" for k in keys if have.get(k) != want.get(k)]
         raise ValueError(
             f"{path} was written for a different model configuration; it differs in "
             + "; ".join(diffs[:8])

@@ -161,8 +161,10 @@ def load(path: str, *, flatten: bool = False) -> Dataset:
             y = read_idx(lab) if lab else None
         else:
             raise ValueError(f"{path}: unknown format (expected .npz, .npy, .csv or an IDX file)")
-    except ValueError:
-        raise
+    except ValueError as err:
+        if str(err).startswith(path):
+            raise
+        raise ValueError(f"{path}: cannot read the file ({err})") from None  # e.g. numpy's pickle refusal
     except Exception as err:  # unreadable file: zip errors, pickle refusal, I/O errors
         raise ValueError(f"{path}: cannot read the file ({type(err).__name__}: {err})") from None
     x = check_data(x, path)

@@ -1,12 +1,313 @@
-"""InfoMaxVAE (Rezaabad & Vishwanath 2020). (Being written under issue 3.)"""
+"""InfoMax-VAE (Rezaabad & Vishwanath 2020).
+
+A VAE whose encoder also maximises a variational lower bound on the mutual
+information I(x; z) between data and codes, estimated by a critic network
+T(x, z) (the f-divergence / NWJ bound):
+
+    Î(x; z) = (1/B) Σ_b T(x_b, z_b) − (1/B) Σ_b exp(T(x_b, z_π(b)) − 1),
+
+with z_b ~ q(z|x_b) reparameterised and π a random permutation of the batch
+(``shuffle_latent``), so (x_b, z_π(b)) are draws from the product of marginals.
+
+- encoder/decoder loss (``loss``): −mean log p(x|z) + β·mean KL − α·Î, the
+  critic's parameters held fixed (``stop_gradient``);
+- critic loss (``mi_loss``): −Î with the codes held fixed (``stop_gradient``).
+
+The gradient of Î reaches the encoder through both the paired and the shuffled
+codes (the paper's objective: q(z) is the encoder's aggregate posterior);
+AutoEncoderToolkit.jl marks the shuffle as non-differentiable instead.
+
+``aet.train.fit`` trains both parameter groups in one jitted step, each with its
+own optax optimizer (``optimizer`` = one transformation for both, or
+``{"vae": opt, "mi": opt}``): first the encoder/decoder update, then the critic
+update on codes from the updated encoder (the Julia package's order).
+"""
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, Mapping, Optional
 
-from .base import AutoEncoderModel
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from . import train
+from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
+from .encoders import encoder_mean
+from .validation import check_key, check_scalar
+
+#: the name of the critic's parameter group in ``variables["params"]``
+MI_GROUP = "mi_network"
+LossFn = Callable[..., Any]
+
+
+class MutualInfoNetwork(nn.Module):
+    """The default critic T(x, z): ``body`` on [flatten(x), z], then a scalar head.
+
+    ``x``: ``(batch, *data_shape)``, ``z``: ``(batch, d)``; returns ``(batch,)``.
+    ``body`` is any flax module mapping ``(batch, n_x + d)`` to features, e.g.
+    ``aet.MLP([64, 64], final_activation=nn.relu)``.
+    """
+
+    body: nn.Module
+
+    @nn.compact
+    def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
+        h = jnp.concatenate([x.reshape(x.shape[0], -1), z.reshape(z.shape[0], -1)], axis=-1)
+        return nn.Dense(1, name="head")(self.body(h))[..., 0]
 
 
 class InfoMaxVAE(AutoEncoderModel):
-    """InfoMaxVAE (placeholder until issue 3 lands)."""
+    """``InfoMaxVAE(encoder, decoder, mi_network)``.
 
-    mi_network: Any = None
+    ``mi_network`` is a flax module T(x, z) -> ``(batch,)`` (e.g.
+    ``MutualInfoNetwork(body)``). ``model.init(key, x)`` creates the
+    ``encoder``, ``decoder`` and ``mi_network`` parameter groups.
+    """
+
+    mi_network: nn.Module
+
+    def critic(self, x: jax.Array, z: jax.Array) -> jax.Array:
+        return self.mi_network(x, z)
+
+    def __call__(self, x: jax.Array) -> Any:
+        enc = self.encoder(x)
+        z = encoder_mean(self.encoder, enc)
+        self.mi_network(x, z)
+        return self.decoder(z)
+
+
+def shuffle_latent(z: jax.Array, key: jax.Array) -> jax.Array:
+    """Rows of ``z`` ``(batch, d)`` in a random order: ``z[π]`` for a permutation π of the batch."""
+    check_key(key)
+    if not hasattr(z, "ndim") or z.ndim < 1:
+        raise ValueError("`z` must be an array with a batch axis")
+    return jax.random.permutation(key, z, axis=0, independent=False)
+
+
+def critic(model: InfoMaxVAE, variables: Variables, x: jax.Array, z: jax.Array) -> jax.Array:
+    """T(x, z) per example, ``(batch,)``."""
+    return model.apply(variables, x, z, method="critic")
+
+
+def variational_mutual_info(
+    model: InfoMaxVAE, variables: Variables, x: jax.Array, z: jax.Array, z_shuffled: jax.Array
+) -> jax.Array:
+    """Î(x; z) = mean_b T(x_b, z_b) − mean_b exp(T(x_b, z̃_b) − 1), a scalar (NWJ lower bound).
+
+    ``x``: ``(batch, *data_shape)``; ``z``, ``z_shuffled``: ``(batch, d)`` with
+    ``z_shuffled`` a permutation of ``z`` across the batch (``shuffle_latent``).
+    """
+    if z.shape != z_shuffled.shape:
+        raise ValueError(f"`z` {tuple(z.shape)} and `z_shuffled` {tuple(z_shuffled.shape)} must have the same shape")
+    t_joint = critic(model, variables, x, z)
+    t_marg = critic(model, variables, x, z_shuffled)
+    return jnp.mean(t_joint) - jnp.mean(jnp.exp(t_marg - 1.0))
+
+
+def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """``params`` -> (encoder/decoder group, critic group)."""
+    if MI_GROUP not in params:
+        raise ValueError(f"`variables['params']` has no '{MI_GROUP}' group: was it made by InfoMaxVAE.init?")
+    return {k: v for k, v in params.items() if k != MI_GROUP}, params[MI_GROUP]
+
+
+def merge_params(vae_params: Mapping[str, Any], mi_params: Any) -> dict[str, Any]:
+    """Inverse of ``split_params``."""
+    return {**vae_params, MI_GROUP: mi_params}
+
+
+def _with_params(variables: Variables, params: Mapping[str, Any]) -> dict[str, Any]:
+    return {**variables, "params": params}
+
+
+def _check_batch(x: jax.Array) -> None:
+    if x.shape[0] < 2:
+        raise ValueError("`x` needs a batch of >= 2 examples: the MI bound shuffles codes across the batch")
+
+
+def loss(
+    model: InfoMaxVAE,
+    variables: Variables,
+    x: jax.Array,
+    key: jax.Array,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    aux: bool = False,
+) -> Any:
+    """Encoder/decoder loss, a scalar:
+
+        loss = −mean_b log p(x_b|z_b) + β·mean_b KL_b − α·Î(x; z).
+
+    One reparameterised code per example, drawn with ``key`` exactly as
+    ``aet.vae.loss`` does (so α = 0 gives ``aet.vae.loss(..., beta=beta)``); the
+    shuffle uses a key folded from ``key``. The critic's parameters are
+    ``stop_gradient``-ed: this loss never trains the critic. α, β ≥ 0.
+
+    With ``aux=True`` returns ``(loss, {"loss", "loglikelihood", "kl", "mi", "elbo"})``.
+    """
+    check_inputs(model, x, key)
+    check_scalar(alpha, "alpha", nonnegative=True)
+    check_scalar(beta, "beta", nonnegative=True)
+    _check_batch(x)
+    vae_p, mi_p = split_params(variables["params"])
+    frozen = _with_params(variables, merge_params(vae_p, jax.lax.stop_gradient(mi_p)))
+    t = elbo_terms(model, frozen, x, key, 1)
+    z = t.z[0]
+    z_shuf = shuffle_latent(z, jax.random.fold_in(key, 1))
+    mi = variational_mutual_info(model, frozen, x, z, z_shuf)
+    loglik, kl = jnp.mean(t.loglik), jnp.mean(t.kl)
+    value = -loglik + beta * kl - alpha * mi
+    return finish(value, {"loglikelihood": loglik, "kl": kl, "mi": mi, "elbo": loglik - kl}, aux)
+
+
+def mi_loss(model: InfoMaxVAE, variables: Variables, x: jax.Array, key: jax.Array, *, aux: bool = False) -> Any:
+    """Critic loss −Î(x; z), a scalar.
+
+    Codes z ~ q(z|x) (one per example, ``key`` as in ``loss``) and their
+    shuffle are ``stop_gradient``-ed, so only the critic receives gradient (the
+    decoder is not evaluated). With ``aux=True`` returns ``(loss, {"loss", "mi"})``.
+    """
+    check_inputs(model, x, key)
+    _check_batch(x)
+    enc_out = encode(model, variables, x)
+    z = jax.lax.stop_gradient(sample_posterior(model, enc_out, key, 1)[0])
+    z_shuf = shuffle_latent(z, jax.random.fold_in(key, 1))
+    mi = variational_mutual_info(model, variables, x, z, z_shuf)
+    return finish(-mi, {"mi": mi}, aux)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _optimizers(optimizer: Any, mi_optimizer: Any = None) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """Resolve ``optimizer`` (one transformation or ``{"vae": ..., "mi": ...}``) and ``mi_optimizer``."""
+    if isinstance(optimizer, Mapping):
+        if set(optimizer) != {"vae", "mi"}:
+            raise ValueError(f"`optimizer` as a dict must have exactly the keys 'vae' and 'mi', got {sorted(optimizer)}")
+        if mi_optimizer is not None:
+            raise ValueError("give the critic's optimizer either in the `optimizer` dict or as `mi_optimizer`, not both")
+        opt, mi_opt = optimizer["vae"], optimizer["mi"]
+    else:
+        opt, mi_opt = optimizer, (optimizer if mi_optimizer is None else mi_optimizer)
+    for name, o in (("optimizer", opt), ("mi_optimizer", mi_opt)):
+        if not (hasattr(o, "init") and hasattr(o, "update")):
+            raise TypeError(f"`{name}` must be an optax.GradientTransformation, got {type(o).__name__}")
+    return opt, mi_opt
+
+
+def init_state(variables: Variables, optimizer: Any, mi_optimizer: Any = None) -> train.TrainState:
+    """A fresh ``TrainState`` whose ``opt_state`` is ``{"vae": ..., "mi": ...}``."""
+    opt, mi_opt = _optimizers(optimizer, mi_optimizer)
+    params = variables["params"]
+    vae_p, mi_p = split_params(params)
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    opt_state = {"vae": opt.init(vae_p), "mi": mi_opt.init(mi_p)}
+    return train.TrainState(params, opt_state, jnp.zeros((), jnp.int32), rest)
+
+
+def make_step(
+    loss_fn: LossFn,
+    optimizer: Any,
+    mi_optimizer: Any = None,
+    *,
+    mi_loss_fn: LossFn,
+    jit: bool = True,
+    guard: bool = True,
+    axis_name: Optional[str] = None,
+) -> Callable[[train.TrainState, jax.Array, jax.Array], tuple[train.TrainState, train.Metrics]]:
+    """One InfoMax-VAE step, ``step(state, batch, key) -> (state, metrics)``, one XLA computation.
+
+    1. gradient of ``loss_fn(variables, x, key)`` w.r.t. the encoder/decoder
+       parameters only, update with the VAE optimizer;
+    2. gradient of ``mi_loss_fn(variables, x, key)`` (e.g. ``partial(mi_loss,
+       model)``) w.r.t. the critic's parameters only, at the updated
+       encoder/decoder, update with the critic's optimizer.
+
+    ``optimizer``: one optax transformation (used for both groups, separate
+    states) or ``{"vae": opt, "mi": opt}``; or pass the critic's as
+    ``mi_optimizer``. The state comes from ``init_state``. Metrics: the loss's
+    aux terms (``loss``, ``loglikelihood``, ``kl``, ``mi``, ...), ``mi_loss``,
+    ``grad_norm``, ``mi_grad_norm`` and ``finite``; with ``guard`` a non-finite
+    loss or gradient of either group leaves the whole state unchanged
+    (``finite`` = 0), as in ``aet.train.make_step``. ``axis_name``: average
+    gradients and metrics over that mapped axis (``lax.pmean``).
+    """
+    opt, mi_opt = _optimizers(optimizer, mi_optimizer)
+    vae_aux, critic_aux = train.with_aux(loss_fn), train.with_aux(mi_loss_fn)
+
+    def vae_objective(vae_p, mi_p, collections, x, key):
+        return vae_aux(_with_params(collections or {}, merge_params(vae_p, mi_p)), x, key)
+
+    def mi_objective(mi_p, vae_p, collections, x, key):
+        return critic_aux(_with_params(collections or {}, merge_params(vae_p, mi_p)), x, key)
+
+    vae_grad = jax.value_and_grad(vae_objective, has_aux=True)
+    mi_grad = jax.value_and_grad(mi_objective, has_aux=True)
+
+    def step(state: train.TrainState, batch: jax.Array, key: jax.Array):
+        key_vae, key_mi = jax.random.split(key)
+        vae_p, mi_p = split_params(state.params)
+        (_, metrics), g_vae = vae_grad(vae_p, mi_p, state.collections, batch, key_vae)
+        if axis_name is not None:
+            g_vae = jax.lax.pmean(g_vae, axis_name)
+        upd, vae_os = opt.update(g_vae, state.opt_state["vae"], vae_p)
+        vae_p = optax.apply_updates(vae_p, upd)
+
+        (mi_value, _), g_mi = mi_grad(mi_p, vae_p, state.collections, batch, key_mi)
+        if axis_name is not None:
+            g_mi = jax.lax.pmean(g_mi, axis_name)
+        upd, mi_os = mi_opt.update(g_mi, state.opt_state["mi"], mi_p)
+        mi_p = optax.apply_updates(mi_p, upd)
+
+        metrics = {**metrics, "mi_loss": mi_value}
+        if axis_name is not None:
+            metrics = jax.lax.pmean(metrics, axis_name)
+        ok = (
+            jnp.isfinite(metrics["loss"])
+            & jnp.isfinite(metrics["mi_loss"])
+            & train.all_finite(g_vae)
+            & train.all_finite(g_mi)
+        )
+        new = train.TrainState(
+            merge_params(vae_p, mi_p), {"vae": vae_os, "mi": mi_os}, state.step + 1, state.collections
+        )
+        metrics = {
+            **metrics,
+            "grad_norm": optax.global_norm(g_vae),
+            "mi_grad_norm": optax.global_norm(g_mi),
+            "finite": ok.astype(jnp.float32),
+        }
+        if guard:
+            new = train.guarded(new, state, ok)
+        return new, metrics
+
+    return jax.jit(step) if jit else step
+
+
+@train.make_trainer.register(InfoMaxVAE)
+def _infomax_trainer(model: InfoMaxVAE, loss_fn: LossFn, optimizer: Any) -> train.Trainer:
+    """``fit``'s trainer: ``loss_fn`` trains the encoder/decoder, ``mi_loss`` the critic."""
+    opt, mi_opt = _optimizers(optimizer)
+    return train.Trainer(
+        init=lambda variables: init_state(variables, opt, mi_opt),
+        step=make_step(loss_fn, opt, mi_opt, mi_loss_fn=functools.partial(mi_loss, model), jit=False),
+        end_epoch=lambda state, x: state,
+    )
+
+
+__all__ = [
+    "InfoMaxVAE",
+    "MutualInfoNetwork",
+    "shuffle_latent",
+    "critic",
+    "variational_mutual_info",
+    "loss",
+    "mi_loss",
+    "init_state",
+    "make_step",
+    "split_params",
+    "merge_params",
+]

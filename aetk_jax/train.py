@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from . import checkpoint as ckpt
-from .validation import check_array, check_int, check_key
+from .validation import check_array, check_int, check_key, check_scalar
 
 Variables = Any
 Metrics = dict[str, jax.Array]
@@ -92,6 +92,47 @@ def guarded(new: TrainState, old: TrainState, ok: jax.Array) -> TrainState:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
+class LRScaleState(NamedTuple):
+    """State of :func:`scale_by_lr_factor`: the current learning-rate factor (a scalar)."""
+
+    scale: jax.Array
+
+
+def scale_by_lr_factor() -> optax.GradientTransformation:
+    """Multiply updates by a factor kept in the optimizer state (1 at the start).
+
+    ``fit(..., on_nonfinite="skip")`` chains it after the user's optimizer and
+    multiplies the factor by ``nonfinite_factor`` at every skipped step, which
+    lowers the effective learning rate of any optax optimizer.
+    """
+
+    def init(params: Any) -> LRScaleState:
+        return LRScaleState(jnp.ones((), jnp.float32))
+
+    def update(updates: Any, state: LRScaleState, params: Any = None) -> tuple[Any, LRScaleState]:
+        return jax.tree_util.tree_map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _is_scale(node: Any) -> bool:
+    return isinstance(node, LRScaleState)
+
+
+def scale_lr(state: "TrainState", factor: Any) -> "TrainState":
+    """``state`` with every :class:`LRScaleState` in its optimizer state multiplied by ``factor``."""
+    opt_state = jax.tree_util.tree_map(
+        lambda n: LRScaleState(n.scale * factor) if _is_scale(n) else n, state.opt_state, is_leaf=_is_scale
+    )
+    return state._replace(opt_state=opt_state)
+
+
+def lr_scale(state: "TrainState") -> Optional[float]:
+    """The smallest learning-rate factor in ``state`` (``None`` without ``scale_by_lr_factor``)."""
+    found = [n.scale for n in jax.tree_util.tree_leaves(state.opt_state, is_leaf=_is_scale) if _is_scale(n)]
+    return min(float(v) for v in jax.device_get(found)) if found else None
+
+
 def make_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
@@ -99,6 +140,7 @@ def make_step(
     jit: bool = True,
     guard: bool = True,
     axis_name: Optional[str] = None,
+    mesh: Any = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
     """One training step: ``step(state, batch, key) -> (state, metrics)``.
 
@@ -106,10 +148,19 @@ def make_step(
     applies the optax update, and returns metrics (``loss``, the loss's aux
     terms, ``grad_norm`` and ``finite``). With ``guard`` a non-finite loss or
     gradient leaves the state unchanged (``finite`` is then 0). With
-    ``axis_name`` (inside ``pmap``/``shard_map``) gradients and metrics are
-    averaged over that axis with ``lax.pmean``.
+    ``axis_name`` (inside ``pmap``/``shard_map``) the device's index along
+    that axis is folded into ``key`` (independent noise on each shard) and
+    gradients and metrics are averaged over the axis with ``lax.pmean``.
+    With ``mesh`` (a ``jax.sharding.Mesh``) the batch is split over the
+    mesh's first axis (``aet.parallel.batch_sharding``) and the loss is the
+    mean over the global batch; a batch size not divisible by that axis
+    raises ``ValueError``.
     """
     loss_aux = with_aux(loss_fn)
+    if mesh is not None:
+        from . import parallel
+
+        batch_spec = parallel.batch_sharding(mesh)
 
     def objective(params: Any, collections: Any, x: jax.Array, key: jax.Array):
         return loss_aux({**(collections or {}), "params": params}, x, key)
@@ -117,6 +168,11 @@ def make_step(
     grad_fn = jax.value_and_grad(objective, has_aux=True)
 
     def step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple[TrainState, Metrics]:
+        if mesh is not None:
+            parallel.check_batch_size(int(jnp.shape(batch)[0]), mesh, "batch")
+            batch = jax.lax.with_sharding_constraint(batch, batch_spec)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         (_, metrics), grads = grad_fn(state.params, state.collections, batch, key)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
@@ -168,12 +224,20 @@ class EpochResult(NamedTuple):
     bad_metrics: Metrics  # the metrics of that step
 
 
-def make_epoch(step: Callable, batch_size: int, sharding: Any = None) -> Callable:
+def make_epoch(
+    step: Callable, batch_size: int, sharding: Any = None, *, skip_nonfinite: bool = False, skip_factor: float = 0.5
+) -> Callable:
     """``epoch(state, x, key) -> EpochResult``: shuffle, then ``lax.scan`` the step over batches.
 
     The last ``len(x) % batch_size`` examples of each shuffled order are
     dropped (a different remainder every epoch), so every batch has the same
     shape and the whole epoch is one compiled computation.
+
+    By default the first non-finite step freezes the state for the rest of the
+    epoch. With ``skip_nonfinite`` a non-finite step is skipped instead (the
+    state keeps its previous value, with the learning-rate factor of
+    :func:`scale_by_lr_factor` multiplied by ``skip_factor``) and training goes
+    on; the metrics then also hold ``skipped``, the number of skipped steps.
     """
 
     def epoch(state: TrainState, x: jax.Array, key: jax.Array) -> EpochResult:
@@ -190,10 +254,13 @@ def make_epoch(step: Callable, batch_size: int, sharding: Any = None) -> Callabl
             if sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, sharding)
             new, metrics = step(state, batch, k)
-            ok = (metrics["finite"] > 0) & (bad_step < 0)
             first_bad = (metrics["finite"] == 0) & (bad_step < 0)
-            # once a step has failed, freeze the state for the rest of the epoch
-            state = guarded(new, state, ok)
+            if skip_nonfinite:  # skip the step and lower the learning rate
+                ok = metrics["finite"] > 0
+                state = guarded(new, scale_lr(state, skip_factor), ok)
+            else:  # once a step has failed, freeze the state for the rest of the epoch
+                ok = (metrics["finite"] > 0) & (bad_step < 0)
+                state = guarded(new, state, ok)
             bad_metrics = jax.tree_util.tree_map(
                 lambda m, b: jnp.where(first_bad, m, b), metrics, bad_metrics
             )
@@ -206,6 +273,8 @@ def make_epoch(step: Callable, batch_size: int, sharding: Any = None) -> Callabl
         init = (state, jnp.int32(-1), zeros, zeros, jnp.int32(0), jnp.int32(0))
         (state, bad_step, bad_metrics, sums, n_good, _), _ = jax.lax.scan(body, init, (idx, keys))
         means = jax.tree_util.tree_map(lambda s: s / jnp.maximum(n_good, 1), sums)
+        if skip_nonfinite:
+            means = {**means, "skipped": (n_batches - n_good).astype(jnp.float32)}
         return EpochResult(state, means, bad_step, bad_metrics)
 
     return epoch
@@ -290,6 +359,8 @@ def fit(
     callbacks: Sequence[Callable[[int, Variables, dict], Any]] = (),
     variables: Optional[Variables] = None,
     keep_checkpoints: int = 3,
+    on_nonfinite: str = "stop",
+    nonfinite_factor: float = 0.5,
 ) -> tuple[Variables, dict[str, Any]]:
     """Train ``model`` on ``data`` and return ``(variables, history)``.
 
@@ -307,18 +378,66 @@ def fit(
 
     A callback ``cb(epoch, variables, history)`` runs after every epoch; if it
     returns ``True`` training stops. With ``mesh`` (a ``jax.sharding.Mesh``)
-    each batch is sharded over the mesh's first axis (data parallel).
+    each batch is sharded over the mesh's first axis (data parallel; the
+    parameters and the data set are replicated on every device, and
+    ``batch_size`` must be divisible by the axis size, else ``ValueError``).
+    With ``mesh=None`` and more than one device, ``aet.parallel.data_mesh()``
+    (every device) is used; with one device nothing is sharded. In a
+    multi-process run (``aet.parallel.initialize``) ``data`` and ``val_data``
+    are this process's shards (``aet.parallel.process_shard``), gathered in
+    process order; only process 0 shows progress and writes checkpoints.
+
+    Checkpoints (``ckpt_EEEEEE.msgpack``, msgpack + sha256, never pickle) hold
+    the training state (parameters, optimizer state, step), the epoch, the
+    history, ``key`` and the model's configuration (every field of the module
+    tree, :func:`aet.checkpoint.model_config`) with the shapes of every leaf.
+    ``resume=True`` continues from the newest checkpoint that reads back
+    intact (a truncated or corrupt one is skipped with a ``RuntimeWarning``),
+    or starts afresh if there is none; a checkpoint of another configuration
+    raises ``ValueError`` listing what differs. Resuming uses the stored key
+    (with a warning if ``key`` differs), so the run continues as it began.
+
+    Non-finite loss or gradient: with ``on_nonfinite="stop"`` (default) the
+    epoch freezes at the last good step and ``NonFiniteError`` is raised with
+    the epoch, batch and update index, the metric names (the loss's aux terms,
+    e.g. ``loglikelihood``, ``kl``, ``mmd``) that were non-finite, and the last
+    good checkpoint. With ``on_nonfinite="skip"`` the step is skipped, the
+    learning rate is multiplied by ``nonfinite_factor`` (a factor kept in the
+    optimizer state, :func:`scale_by_lr_factor`, so it is checkpointed) and a
+    ``RuntimeWarning`` names the terms; ``history["train"]`` then also records
+    ``skipped`` steps and ``lr_scale`` per epoch. ``NonFiniteError`` is still
+    raised when a whole epoch is skipped or the factor falls below 1e-6.
     """
     check_key(key)
     check_int(epochs, "epochs", minimum=0)
     check_int(batch_size, "batch_size", minimum=1)
+    check_int(keep_checkpoints, "keep_checkpoints", minimum=1)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a flax module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be a callable loss_fn(variables, x, key), got {type(loss_fn).__name__}")
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"`on_nonfinite` must be 'stop' or 'skip', got {on_nonfinite!r}")
+    check_scalar(nonfinite_factor, "nonfinite_factor", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+    if resume and checkpoint_dir is None:
+        raise ValueError("`resume=True` needs `checkpoint_dir` (the folder to resume from)")
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"`checkpoint_dir` must be a path, got {type(checkpoint_dir).__name__}")
+    if not callable(getattr(callbacks, "__iter__", None)) or not all(callable(cb) for cb in callbacks):
+        raise TypeError("`callbacks` must be a sequence of callables cb(epoch, variables, history)")
     x = _as_array(data, "data")
-    if batch_size > x.shape[0]:
-        raise ValueError(f"`batch_size` ({batch_size}) is larger than the data ({x.shape[0]} examples)")
+    if batch_size > x.shape[0] * jax.process_count():  # with several processes `data` is one shard
+        raise ValueError(f"`batch_size` ({batch_size}) is larger than the data ({x.shape[0] * jax.process_count()} examples)")
     x_val = None if val_data is None else _as_array(val_data, "val_data")
     if x_val is not None and x_val.shape[1:] != x.shape[1:]:
         raise ValueError(f"`val_data` has per-example shape {x_val.shape[1:]}, `data` has {x.shape[1:]}")
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    if on_nonfinite == "skip":  # a learning-rate factor in the optimizer state, lowered at each skip
+        if isinstance(optimizer, dict):
+            optimizer = {k: optax.chain(o, scale_by_lr_factor()) for k, o in optimizer.items()}
+        else:
+            optimizer = optax.chain(optimizer, scale_by_lr_factor())
+    skip = on_nonfinite == "skip"
 
     init_key, train_key, val_key = jax.random.split(key, 3)
     if variables is None:
@@ -327,38 +446,76 @@ def fit(
     state = trainer.init(variables)
 
     batch_sharding = None
+    if mesh is None and jax.device_count() > 1:
+        from . import parallel
+
+        mesh = parallel.data_mesh()  # data parallel over every device (of every process)
     if mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
+        from . import parallel
 
-        n_dev = mesh.shape[mesh.axis_names[0]]
-        if batch_size % n_dev:
-            raise ValueError(f"`batch_size` ({batch_size}) must be divisible by the {n_dev} devices of `mesh`")
-        batch_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-        replicated = NamedSharding(mesh, PartitionSpec())
+        parallel.check_batch_size(batch_size, mesh)
+        batch_sharding = parallel.batch_sharding(mesh)
+        replicated = parallel.replicated(mesh)
         state = jax.device_put(state, replicated)
-        x = jax.device_put(x, replicated)
+        # the data set, replicated on every device; with several processes
+        # `data` is this process's shard and the shards are concatenated
+        x = parallel.gather_data(x, mesh)
+        if x_val is not None and jax.process_count() > 1:
+            x_val = parallel.gather_data(x_val, mesh)
 
-    run_epoch = jax.jit(make_epoch(trainer.step, batch_size, batch_sharding))
+    run_epoch = jax.jit(
+        make_epoch(trainer.step, batch_size, batch_sharding, skip_nonfinite=skip, skip_factor=nonfinite_factor)
+    )
     end_epoch = jax.jit(trainer.end_epoch)
     evaluate = make_evaluator(loss_fn, batch_size) if x_val is not None else None
 
     history: dict[str, Any] = {"epoch": [], "train": {}, "val": {}}
     start = 0
     last_ckpt: Optional[str] = None
-    sig = json.dumps({"model": type(model).__name__, **ckpt.signature(state)}, sort_keys=True)
+    sig = json.dumps({**ckpt.model_config(model), **ckpt.signature(state)}, sort_keys=True)
+    key_data = np.asarray(jax.random.key_data(key))
     if checkpoint_dir is not None and resume:
-        template = {"state": state, "epoch": 0, "history": "", "signature": sig}
+        template = {"state": state, "epoch": 0, "history": "", "signature": sig, "key": key_data}
         found = ckpt.latest_valid(checkpoint_dir, template)
         if found is not None:
             last_ckpt, restored = found
             state = restored["state"]
+            stored_key = np.asarray(restored["key"], key_data.dtype)
+            if not np.array_equal(stored_key, key_data):
+                import warnings
+
+                warnings.warn(
+                    f"`key` differs from the key {last_ckpt} was written with; resuming with the "
+                    "checkpoint's key so that the run continues as it began",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                key_data = stored_key
+                if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+                    key = jax.random.wrap_key_data(stored_key, impl=jax.random.key_impl(key))
+                else:
+                    key = jnp.asarray(stored_key)
+                init_key, train_key, val_key = jax.random.split(key, 3)
             if mesh is not None:
                 state = jax.device_put(state, replicated)
             start = int(restored["epoch"]) + 1
             history = json.loads(restored["history"])
+    elif checkpoint_dir is not None and jax.process_index() == 0:
+        old = ckpt.list_checkpoints(checkpoint_dir)
+        if old:  # a fresh run must not mix its checkpoints with a previous run's
+            import warnings
+
+            for path in old:
+                os.unlink(path)
+            warnings.warn(
+                f"starting a new run in {checkpoint_dir}: removed {len(old)} checkpoint(s) of a previous run "
+                "(pass resume=True to continue it instead)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     bar = None
-    if progress and epochs > start:
+    if progress and epochs > start and jax.process_index() == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, initial=start, desc=type(model).__name__, unit="epoch")
@@ -366,24 +523,45 @@ def fit(
         for epoch in range(start, epochs):
             res = run_epoch(state, x, jax.random.fold_in(train_key, epoch))
             bad = int(res.bad_step)
+            n_skipped = int(res.metrics["skipped"]) if skip else 0
+            scale = lr_scale(res.state) if skip else None
             if bad >= 0:
                 good = res.state
                 terms = {k: float(v) for k, v in jax.device_get(res.bad_metrics).items()}
                 nonfinite = sorted(k for k, v in terms.items() if k != "finite" and not math.isfinite(v))
                 gstep = int(good.step)
                 where = last_ckpt or "none written (pass checkpoint_dir to keep one)"
-                msg = (
-                    f"non-finite loss or gradient at epoch {epoch}, batch {bad} (update {gstep}); "
-                    f"non-finite terms: {', '.join(nonfinite) or 'gradient only'}. Training stopped; "
-                    f"the returned parameters are the last good ones. Last good checkpoint: {where}"
-                )
-                raise NonFiniteError(
-                    msg, variables=good.variables, history=history, epoch=epoch, step=gstep,
-                    terms=terms, checkpoint=last_ckpt,
-                )
+                n_batches = x.shape[0] // batch_size
+                if skip and n_skipped < n_batches and scale >= 1e-6:
+                    import warnings
+
+                    warnings.warn(
+                        f"epoch {epoch}: skipped {n_skipped} of {n_batches} steps with a non-finite loss or "
+                        f"gradient (first at batch {bad}); non-finite terms: {', '.join(nonfinite) or 'gradient only'}; "
+                        f"learning-rate factor now {scale:.3g}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                else:
+                    why = (
+                        f"every step of epoch {epoch} was non-finite" if skip and n_skipped >= n_batches
+                        else f"the learning-rate factor fell to {scale:.3g} after skipping" if skip
+                        else "Training stopped"
+                    )
+                    msg = (
+                        f"non-finite loss or gradient at epoch {epoch}, batch {bad} (update {gstep}); "
+                        f"non-finite terms: {', '.join(nonfinite) or 'gradient only'}. {why}; "
+                        f"the returned parameters are the last good ones. Last good checkpoint: {where}"
+                    )
+                    raise NonFiniteError(
+                        msg, variables=jax.device_get(good.variables), history=history, epoch=epoch, step=gstep,
+                        terms=terms, checkpoint=last_ckpt,
+                    )
             state = end_epoch(res.state, x)
             train_metrics = _to_host(res.metrics)
             train_metrics.pop("finite", None)
+            if skip:
+                train_metrics["lr_scale"] = scale
             history["epoch"].append(epoch)
             _append(history, "train", train_metrics)
             if evaluate is not None:
@@ -392,8 +570,10 @@ def fit(
             stop = False
             for cb in callbacks:
                 stop = bool(cb(epoch, state.variables, history)) or stop
-            if checkpoint_dir is not None:
-                payload = {"state": state, "epoch": epoch, "history": json.dumps(history), "signature": sig}
+            if checkpoint_dir is not None and jax.process_index() == 0:  # one writer per run
+                payload = {
+                    "state": state, "epoch": epoch, "history": json.dumps(history), "signature": sig, "key": key_data,
+                }
                 last_ckpt = ckpt.save(checkpoint_dir, epoch, payload, keep=keep_checkpoints)
             if bar is not None:
                 post = {"loss": f"{train_metrics['loss']:.4g}"}
@@ -419,23 +599,32 @@ def load_variables(model: nn.Module, checkpoint_dir: str, x_example: Any, *, key
     """
     from flax import serialization
 
+    import warnings
+
     template = model.init(jax.random.key(0) if key is None else key, jnp.asarray(x_example))
+    skipped = 0
     for path in reversed(ckpt.list_checkpoints(checkpoint_dir)):
         try:
             raw = ckpt.read_raw(path)
+            state = raw["state"]
+            stored = {**(state.get("collections") or {}), "params": state["params"]}
+            stored_sig = json.loads(raw["signature"]) if "signature" in raw else {}
         except Exception as err:  # corrupt or truncated: try the previous one
-            import warnings
-
             warnings.warn(f"skipping unreadable checkpoint {path}: {err}", RuntimeWarning, stacklevel=2)
+            skipped += 1
             continue
-        state = raw["state"]
-        stored = {**(state.get("collections") or {}), "params": state["params"]}
-        want, have = ckpt.signature(template), ckpt.signature(stored)
-        if want != have:
-            diffs = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
-            raise ValueError(f"{path} does not match this model; it differs in {', '.join(diffs[:6])}")
+        want = {**ckpt.model_config(model), **ckpt.signature(template)}
+        have = {**{k: v for k, v in stored_sig.items() if k.startswith("model")}, **ckpt.signature(stored)}
+        keys = sorted(set(want) | set(have), key=lambda k: (not k.startswith("model"), k))
+        diffs = [f"{k}: checkpoint {have.get(k)} vs model {want.get(k)}" for k in keys if want.get(k) != have.get(k)]
+        if diffs:
+            raise ValueError(
+                f"{path} was written for a different model configuration; it differs in "
+                + "; ".join(diffs[:8]) + (" …" if len(diffs) > 8 else "")
+            )
         return serialization.from_state_dict(template, stored)
-    raise ValueError(f"{checkpoint_dir}: no readable checkpoint")
+    extra = f" ({skipped} unreadable checkpoint(s) skipped)" if skipped else ""
+    raise ValueError(f"{checkpoint_dir}: no readable checkpoint{extra}")
 
 
 def save_history(history: dict[str, Any], path: str) -> None:

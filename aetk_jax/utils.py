@@ -2,6 +2,7 @@
 β annealing, and centroid selection for the RHVAE."""
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -60,3 +61,118 @@ def cycle_anneal(
     if tau <= frac:
         return beta_min + (beta_max - beta_min) * (tau / frac if frac > 0 else 1.0)
     return beta_max
+
+
+# ---------------------------------------------------------------------------
+# Centroid selection (k-means / k-medoids), pure JAX and jit-able with static
+# ``k`` and ``n_iter``. Used to pick the RHVAE's centroid data.
+# ---------------------------------------------------------------------------
+
+
+def _flat(x: jax.Array) -> jax.Array:
+    return jnp.reshape(x, (x.shape[0], -1))
+
+
+def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Squared Euclidean distances ``(n, m)`` between rows of ``a`` ``(n, D)`` and ``b`` ``(m, D)``."""
+    d2 = jnp.sum(a**2, -1)[:, None] - 2.0 * a @ b.T + jnp.sum(b**2, -1)[None, :]
+    return jnp.maximum(d2, 0.0)
+
+
+def _check_centroid_args(x: jax.Array, k: int, n_iter: int, key: jax.Array) -> None:
+    from .validation import check_array, check_key
+
+    check_array(x, "x", min_ndim=2)
+    check_int(k, "k", minimum=1)
+    check_int(n_iter, "n_iter", minimum=0)
+    check_key(key)
+    if k > x.shape[0]:
+        raise ValueError(f"`k` ({k}) is larger than the number of data points ({x.shape[0]})")
+
+
+def _plusplus_index(key: jax.Array, d2_to: jax.Array, n: int, k: int) -> jax.Array:
+    """k-means++ seeding on indices: ``d2_to(i)`` gives squared distances ``(n,)`` of every point
+    to point ``i``; returns ``k`` indices, each drawn with probability ∝ D(x)² to the chosen ones."""
+    k0, key = jax.random.split(key)
+    first = jax.random.randint(k0, (), 0, n)
+    idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
+    dmin = d2_to(first)
+
+    def body(i, carry):
+        idx, dmin, key = carry
+        key, sub = jax.random.split(key)
+        total = jnp.sum(dmin)
+        # all remaining points coincide with chosen ones: fall back to uniform
+        logits = jnp.where(total > 0, jnp.log(dmin), jnp.zeros_like(dmin))
+        nxt = jax.random.categorical(sub, logits)
+        return idx.at[i].set(nxt), jnp.minimum(dmin, d2_to(nxt)), key
+
+    idx, _, _ = jax.lax.fori_loop(1, k, body, (idx, dmin, key))
+    return idx
+
+
+def centroids_kmeans(x: jax.Array, k: int, key: jax.Array, *, n_iter: int = 20) -> jax.Array:
+    """k-means cluster centres of ``x`` ``(n, *data_shape)`` → ``(k, *data_shape)``.
+
+    k-means++ seeding (each new seed drawn with probability ∝ squared distance to
+    the nearest seed, Arthur & Vassilvitskii 2007) from ``key``, then ``n_iter``
+    Lloyd iterations cᵢ ← mean{x : argminⱼ ‖x − cⱼ‖ = i} (a centre that loses all
+    its points stays put). Pure JAX; jit-able with ``k`` and ``n_iter`` static.
+    """
+    _check_centroid_args(x, k, n_iter, key)
+    return _kmeans_jit(x, k, key, n_iter)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _kmeans_jit(x: jax.Array, k: int, key: jax.Array, n_iter: int) -> jax.Array:
+    xf = _flat(x)
+    n = xf.shape[0]
+    idx = _plusplus_index(key, lambda i: jnp.sum((xf - xf[i]) ** 2, -1), n, k)
+    centres = xf[idx]
+
+    def lloyd(_, c):
+        assign = jnp.argmin(_sq_dists(xf, c), axis=1)
+        onehot = jax.nn.one_hot(assign, k, dtype=xf.dtype)  # (n, k)
+        counts = jnp.sum(onehot, 0)
+        sums = onehot.T @ xf
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], c)
+
+    centres = jax.lax.fori_loop(0, n_iter, lloyd, centres)
+    return centres.reshape((k,) + x.shape[1:])
+
+
+def centroids_kmedoids(
+    x: jax.Array, k: int, key: jax.Array, *, n_iter: int = 20, return_index: bool = False
+) -> jax.Array:
+    """k-medoids of ``x`` ``(n, *data_shape)``: ``k`` actual data points ``(k, *data_shape)``
+    (or their indices ``(k,)`` with ``return_index=True``).
+
+    Euclidean distances, k-means++ seeding on data points from ``key``, then
+    ``n_iter`` alternating ("Voronoi") iterations: assign each point to its
+    nearest medoid, then make each cluster's medoid the member minimising the
+    sum of distances to the other members. Builds the full ``(n, n)`` distance
+    matrix (as the Julia package does), so it suits up to a few thousand points.
+    Pure JAX; jit-able with ``k``, ``n_iter`` and ``return_index`` static.
+    """
+    _check_centroid_args(x, k, n_iter, key)
+    med = _kmedoids_index_jit(x, k, key, n_iter)
+    return med if return_index else x[med]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _kmedoids_index_jit(x: jax.Array, k: int, key: jax.Array, n_iter: int) -> jax.Array:
+    xf = _flat(x)
+    n = xf.shape[0]
+    D = jnp.sqrt(_sq_dists(xf, xf))
+    med = _plusplus_index(key, lambda i: D[i] ** 2, n, k)
+
+    def step(_, med):
+        assign = jnp.argmin(D[:, med], axis=1)  # (n,)
+        onehot = jax.nn.one_hot(assign, k, dtype=D.dtype)  # (n, k)
+        cost = D @ onehot  # cost[i, j] = Σ_{l ∈ cluster j} D[i, l]
+        cost = jnp.where(onehot > 0, cost, jnp.inf)  # candidates: members of cluster j only
+        best = jnp.argmin(cost, axis=0)
+        return jnp.where(jnp.sum(onehot, 0) > 0, best, med).astype(med.dtype)
+
+    med = jax.lax.fori_loop(0, n_iter, step, med)
+    return med

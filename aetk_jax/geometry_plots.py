@@ -1,0 +1,144 @@
+"""Plots of a 2-D latent space under a metric: log volume heat map, codes, geodesics.
+
+matplotlib is imported inside the plotting function only, so importing
+``aetk_jax`` (or this module) never imports it. Also reachable as
+``aet.geometry.metric_volume_grid`` and ``aet.geometry.plot_latent_metric``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .geometry import MetricFn, _check_metric_fn
+from .validation import check_int
+
+Extent = tuple[float, float, float, float]
+VolumeGrid = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _check_extent(extent: Any) -> Extent:
+    try:
+        vals = tuple(float(v) for v in extent)
+    except TypeError as err:
+        raise TypeError(f"`extent` must be (xmin, xmax, ymin, ymax), got {extent!r}") from err
+    if len(vals) != 4 or not all(np.isfinite(vals)):
+        raise ValueError(f"`extent` must be four finite numbers (xmin, xmax, ymin, ymax), got {extent!r}")
+    x0, x1, y0, y1 = vals
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"`extent` must have xmax > xmin and ymax > ymin, got {extent!r}")
+    return vals  # type: ignore[return-value]
+
+
+def metric_volume_grid(metric_fn: MetricFn, extent: Extent, n: int = 100, *, batch_size: int = 4096) -> VolumeGrid:
+    """The log volume element ``log √det G(z)`` on an ``n × n`` grid of a 2-D latent space.
+
+    ``extent = (xmin, xmax, ymin, ymax)``. Returns NumPy arrays ``(X, Y, V)``,
+    each ``(n, n)`` (``X[i, j] = x_j``, ``Y[i, j] = y_i``, as ``np.meshgrid``),
+    with ``V = ½ log det G`` computed by ``jax.vmap`` in chunks of
+    ``batch_size`` points (``jax.lax.map``); ``−inf`` where ``G`` is singular.
+    """
+    x0, x1, y0, y1 = _check_extent(extent)
+    check_int(n, "n", minimum=2)
+    check_int(batch_size, "batch_size", minimum=1)
+    dtype = jnp.result_type(float)
+    _check_metric_fn(metric_fn, 2, dtype)
+    xs = np.linspace(x0, x1, n)
+    ys = np.linspace(y0, y1, n)
+    X, Y = np.meshgrid(xs, ys)
+    pts = jnp.asarray(np.stack([X.ravel(), Y.ravel()], axis=1), dtype)
+
+    @jax.jit
+    def logvol(z: jax.Array) -> jax.Array:
+        return 0.5 * jnp.linalg.slogdet(jax.lax.map(metric_fn, z, batch_size=batch_size))[1]
+
+    V = np.asarray(logvol(pts)).reshape(n, n)
+    return X, Y, V
+
+
+def plot_latent_metric(
+    ax: Any,
+    metric: Union[MetricFn, VolumeGrid],
+    z_codes: Optional[Any] = None,
+    labels: Optional[Any] = None,
+    geodesics: Sequence[Any] = (),
+    extent: Optional[Extent] = None,
+    *,
+    n: int = 100,
+    cmap: str = "viridis",
+    colorbar: bool = True,
+    point_size: float = 6.0,
+    geodesic_color: str = "white",
+) -> Any:
+    """Draw a 2-D latent space on the matplotlib axes ``ax``.
+
+    - a heat map of ``log √det G(z)``: ``metric`` is a metric function
+      ``(2,) -> (2, 2)`` (evaluated by :func:`metric_volume_grid` on ``n × n``
+      points of ``extent``) or a precomputed ``(X, Y, V)`` grid;
+    - the latent codes ``z_codes`` ``(batch, 2)``, coloured by ``labels``
+      ``(batch,)`` when given (a legend per label for up to 20 labels);
+    - each curve of ``geodesics`` (arrays ``(n_t, 2)``) as a line with its ends marked.
+
+    ``extent = (xmin, xmax, ymin, ymax)`` defaults to the codes' range padded
+    by 10 %. Returns the heat map's ``QuadMesh``.
+    """
+    codes = None if z_codes is None else np.asarray(z_codes)
+    if codes is not None and (codes.ndim != 2 or codes.shape[1] != 2):
+        raise ValueError(f"`z_codes` must have shape (batch, 2), got {codes.shape}")
+    labs = None if labels is None else np.asarray(labels)
+    if labs is not None:
+        if codes is None:
+            raise ValueError("`labels` needs `z_codes`")
+        if labs.shape != (codes.shape[0],):
+            raise ValueError(f"`labels` must have shape ({codes.shape[0]},), got {labs.shape}")
+    curves = [np.asarray(c) for c in geodesics]
+    for i, c in enumerate(curves):
+        if c.ndim != 2 or c.shape[1] != 2:
+            raise ValueError(f"`geodesics[{i}]` must have shape (n_t, 2), got {c.shape}")
+
+    if callable(metric):
+        if extent is None:
+            if codes is None:
+                raise ValueError("`extent` is required when there are no `z_codes` to take it from")
+            lo, hi = codes.min(axis=0), codes.max(axis=0)
+            pad = 0.1 * np.maximum(hi - lo, 1e-3)
+            extent = (lo[0] - pad[0], hi[0] + pad[0], lo[1] - pad[1], hi[1] + pad[1])
+        X, Y, V = metric_volume_grid(metric, extent, n)
+    else:
+        try:
+            X, Y, V = (np.asarray(a) for a in metric)
+        except (TypeError, ValueError) as err:
+            raise TypeError("`metric` must be a metric function or an (X, Y, V) grid") from err
+        if not (X.shape == Y.shape == V.shape and V.ndim == 2):
+            raise ValueError(f"`metric` grid arrays must share one 2-D shape, got {X.shape}, {Y.shape}, {V.shape}")
+
+    import matplotlib.pyplot as plt  # lazy: plotting is optional
+
+    Vm = np.ma.masked_invalid(V)
+    mesh = ax.pcolormesh(X, Y, Vm, cmap=cmap, shading="auto")
+    if colorbar:
+        plt.colorbar(mesh, ax=ax, label=r"$\log\sqrt{\det G(z)}$")
+    if codes is not None:
+        if labs is None:
+            ax.scatter(codes[:, 0], codes[:, 1], s=point_size, c="black", alpha=0.6, linewidths=0)
+        else:
+            uniq = np.unique(labs)
+            colours = plt.get_cmap("tab10" if len(uniq) <= 10 else "tab20")
+            for k, lab in enumerate(uniq):
+                sel = labs == lab
+                ax.scatter(
+                    codes[sel, 0], codes[sel, 1], s=point_size, color=colours(k % colours.N),
+                    label=str(lab), alpha=0.8, linewidths=0,
+                )
+            if len(uniq) <= 20:
+                ax.legend(loc="best", fontsize="x-small", markerscale=2, frameon=True)
+    for c in curves:
+        ax.plot(c[:, 0], c[:, 1], color=geodesic_color, lw=2)
+        ax.plot(c[[0, -1], 0], c[[0, -1], 1], "o", color=geodesic_color, mec="black", ms=5)
+    ax.set_xlim(X.min(), X.max())
+    ax.set_ylim(Y.min(), Y.max())
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    return mesh

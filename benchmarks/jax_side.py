@@ -1,0 +1,214 @@
+"""aetk_jax side: the models of a :class:`~benchmarks.config.Setting`, their compiled
+training step and their compiled epoch.
+
+Networks, for a setting ``s`` (the same as ``torch_side``):
+
+* encoder: ``aet.JointGaussianLogEncoder(aet.MLP(s.hidden, final_activation=relu), d)``
+  (heads ``mu`` and ``logsigma``; pythae's head is log σ² = 2·logsigma);
+* decoder: ``aet.BernoulliDecoder(aet.MLP(reversed(s.hidden), final_activation=relu), n_in)``;
+* RHVAE metric: ``aet.rhvae.MetricNetwork(aet.MLP(s.hidden, final_activation=relu), d)``.
+
+The step is ``aet.train.make_trainer(model, loss, optax.adam(lr)).step`` under
+``jax.jit`` — what ``aet.train.fit`` compiles into its epoch — and the epoch is
+``jax.jit(aet.train.make_epoch(trainer.step, batch_size))`` followed by the
+trainer's ``end_epoch`` (RHVAE's metric update), exactly ``fit``'s inner loop.
+Compile time is ``lower`` (tracing) plus ``compile`` (XLA) of that function,
+measured once per setting; steps and epochs call the compiled executable and
+wait for its outputs with ``jax.block_until_ready``.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import aetk_jax as aet
+
+from .config import Setting, aetk_hyper, mmd_kernel_rho
+
+
+class ModelUnavailable(RuntimeError):
+    """The model (or a function the benchmark needs) is not in this aetk_jax."""
+
+
+def _body(hidden: tuple[int, ...]) -> nn.Module:
+    return aet.MLP(tuple(hidden), final_activation=nn.relu)
+
+
+def check_available(model: str) -> None:
+    """Raise :class:`ModelUnavailable` when aetk_jax lacks what ``model`` needs."""
+    needs = {
+        "vae": [("vae", "loss")],
+        "betavae": [("vae", "loss")],
+        "mmdvae": [("mmdvae", "loss"), ("mmdvae", "gaussian_kernel")],
+        "hvae": [("hvae", "loss"), ("hvae", "grad_potential_energy")],
+        "rhvae": [("rhvae", "loss"), ("rhvae", "MetricNetwork"), ("rhvae", "G_inv")],
+    }[model]
+    cls = {"vae": "VAE", "betavae": "VAE", "mmdvae": "MMDVAE", "hvae": "HVAE", "rhvae": "RHVAE"}[model]
+    missing = [f"aet.{m}.{f}" for m, f in needs if not hasattr(getattr(aet, m, None), f)]
+    if not hasattr(aet, cls):
+        missing.insert(0, f"aet.{cls}")
+    if missing:
+        raise ModelUnavailable(f"model not available in this aetk_jax: missing {', '.join(missing)}")
+
+
+def grad_potential_first_order(model: nn.Module, variables: Any, x: jax.Array, z: jax.Array) -> jax.Array:
+    """∇U(z) treated as a constant: ``stop_gradient`` of ``aet.hvae.grad_potential_energy``.
+
+    pythae's HVAE takes ∇U with ``torch.autograd.grad`` without ``create_graph``, so no
+    gradient flows through it into the decoder (or back to z); passing this function as
+    ``potential_grad`` makes aetk_jax's HVAE do the same amount of differentiation.
+    """
+    return jax.lax.stop_gradient(aet.hvae.grad_potential_energy(model, variables, x, z))
+
+
+def build(s: Setting, **hyper_override: Any) -> tuple[nn.Module, Callable[..., Any], dict[str, Any]]:
+    """``(model, loss_fn, hyper)`` with ``loss_fn(variables, x, key)`` for setting ``s``."""
+    check_available(s.model)
+    enc = aet.JointGaussianLogEncoder(_body(s.hidden), s.latent_dim)
+    dec = aet.BernoulliDecoder(_body(s.hidden[::-1]), s.input_dim)
+    hp = aetk_hyper(s, **hyper_override)
+    if s.model in ("vae", "betavae"):
+        model = aet.VAE(enc, dec)
+        loss = aet.vae.loss
+    elif s.model == "mmdvae":
+        model = aet.MMDVAE(enc, dec)
+        hp = {**hp, "kernel": functools.partial(aet.mmdvae.gaussian_kernel, rho=mmd_kernel_rho(s))}
+        loss = aet.mmdvae.loss
+    elif s.model == "hvae":
+        model = aet.HVAE(enc, dec)
+        loss = aet.hvae.loss
+    else:
+        metric = aet.rhvae.MetricNetwork(_body(s.hidden), s.latent_dim)
+        model = aet.RHVAE(enc, dec, metric, s.centroids, s.T, s.metric_lam)
+        loss = aet.rhvae.loss
+    return model, functools.partial(loss, model, **hp), hp
+
+
+def init_variables(model: nn.Module, s: Setting, x: np.ndarray, key: jax.Array) -> Any:
+    """``model.init`` on one batch; an RHVAE also gets its metric from the first ``n_centroids`` examples."""
+    variables = model.init(key, jnp.asarray(x[: s.batch_size]))
+    if s.model == "rhvae" and hasattr(aet.rhvae, "update_metric"):
+        xc = jnp.asarray(x[: s.centroids]) if len(x) >= s.centroids else jnp.asarray(np.resize(x, (s.centroids, x.shape[1])))
+        variables = aet.rhvae.update_metric(model, variables, xc)
+    return variables
+
+
+def n_params(variables: Any) -> int:
+    return int(sum(np.size(a) for a in jax.tree_util.tree_leaves(variables.get("params", variables))))
+
+
+def _memory_stats(compiled: Any) -> dict[str, Optional[int]]:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return {}
+    if m is None:
+        return {}
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+            "generated_code_size_in_bytes")
+    out = {k: int(getattr(m, k, 0) or 0) for k in keys}
+    out["total_bytes"] = out["argument_size_in_bytes"] + out["output_size_in_bytes"] - out["alias_size_in_bytes"] + out["temp_size_in_bytes"]
+    return out
+
+
+class JaxRunner:
+    """Drives one aetk_jax model: ``compile()`` then ``step()`` (synchronous)."""
+
+    lib = "aetk_jax"
+
+    def __init__(self, s: Setting, x: np.ndarray, *, seed: int = 0, n_batches: int = 16, **hyper_override: Any):
+        self.s = s
+        self.model, self.loss_fn, self.hyper = build(s, **hyper_override)
+        self.optimizer = optax.adam(s.learning_rate)
+        key = jax.random.key(seed)
+        init_key, self.run_key = jax.random.split(key)
+        self.x = x
+        self.variables = init_variables(self.model, s, x, init_key)
+        self.trainer = aet.train.make_trainer(self.model, self.loss_fn, self.optimizer)
+        self.state = self.trainer.init(self.variables)
+        n = min(n_batches, max(1, len(x) // s.batch_size))
+        if len(x) < s.batch_size:
+            raise ValueError(f"need at least {s.batch_size} examples, got {len(x)}")
+        self.batches = [jax.device_put(x[i * s.batch_size : (i + 1) * s.batch_size]) for i in range(n)]
+        self.keys = list(jax.random.split(self.run_key, 64))
+        self.i = 0
+        self.compiled: Any = None
+        self.metrics: Any = None
+
+    def compile(self) -> dict[str, Any]:
+        """Trace, lower and compile the step; returns timings (s) and XLA's memory analysis."""
+        fn = jax.jit(self.trainer.step)
+        c0, t0 = time.process_time(), time.perf_counter()
+        lowered = fn.lower(self.state, self.batches[0], self.keys[0])
+        t1 = time.perf_counter()
+        self.compiled = lowered.compile()
+        t2, c2 = time.perf_counter(), time.process_time()
+        return {"compile_s": t2 - t0, "compile_cpu_s": c2 - c0, "trace_lower_s": t1 - t0, "xla_compile_s": t2 - t1,
+                "xla_memory": _memory_stats(self.compiled)}
+
+    def step(self) -> None:
+        i = self.i
+        self.state, self.metrics = self.compiled(self.state, self.batches[i % len(self.batches)], self.keys[i % len(self.keys)])
+        jax.block_until_ready((self.state, self.metrics))
+        self.i += 1
+
+    def loss_value(self) -> float:
+        return float(self.metrics["loss"])
+
+    def info(self) -> dict[str, Any]:
+        dev = jax.devices()[0]
+        return {"n_params": n_params(self.variables), "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+                "hyper": {k: (v if isinstance(v, (int, float, bool, str)) else repr(v)) for k, v in self.hyper.items()}}
+
+    # ------------------------------------------------------------------ epoch
+
+    def compile_epoch(self, x_epoch: np.ndarray) -> dict[str, Any]:
+        """Compile ``fit``'s epoch scan (and the trainer's ``end_epoch``) for ``x_epoch``."""
+        self.x_epoch = jax.device_put(x_epoch)
+        epoch = jax.jit(aet.train.make_epoch(self.trainer.step, self.s.batch_size))
+        end = jax.jit(self.trainer.end_epoch)
+        t0 = time.perf_counter()
+        self.epoch_c = epoch.lower(self.state, self.x_epoch, self.keys[0]).compile()
+        t1 = time.perf_counter()
+        self.end_c = end.lower(self.state, self.x_epoch).compile()
+        t2 = time.perf_counter()
+        return {"epoch_compile_s": t1 - t0, "end_epoch_compile_s": t2 - t1}
+
+    def epoch(self, seed: int) -> tuple[float, float]:
+        """(wall, CPU) seconds for one compiled epoch plus ``end_epoch`` (what ``fit`` runs per epoch)."""
+        key = jax.random.fold_in(self.run_key, 1000 + seed)
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = self.epoch_c(self.state, self.x_epoch, key)
+        state = self.end_c(res.state, self.x_epoch)
+        jax.block_until_ready(state)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        self.state = state
+        return dt, dc
+
+
+def versions() -> dict[str, str]:
+    import flax
+
+    return {"aetk_jax": aet.__version__, "jax": jax.__version__, "jaxlib": _ver("jaxlib"), "flax": flax.__version__,
+            "optax": optax.__version__}
+
+
+def _ver(name: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(name)
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def device_name() -> str:
+    dev = jax.devices()[0]
+    return f"{dev.platform}:{getattr(dev, 'device_kind', '')}"

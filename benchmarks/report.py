@@ -1,0 +1,328 @@
+"""Results: statistics, machine description, targets, JSON and Markdown output.
+
+Imports neither JAX nor torch; everything here works on plain dicts so it can
+be tested (and re-run on a saved JSON: ``python -m benchmarks.report FILE.json``
+rewrites the Markdown next to it).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+from typing import Any, Iterable, Optional, Sequence
+
+SCHEMA = 1
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# Issue targets: pythae time / aetk_jax time at batch 128 on the MNIST-sized data (2-core CPU).
+STEP_RATIO_TARGETS = {"vae": 2.0, "hvae": 5.0, "rhvae": 10.0}
+RHVAE_COMPILE_TARGET_S = 20.0
+TARGET_DATASET = "mnist-synthetic"
+TARGET_BATCH = 128
+
+
+def summarize(times_s: Sequence[float]) -> dict[str, Any]:
+    """Median, quartiles, min and count of per-step times, in milliseconds."""
+    xs = sorted(float(t) * 1e3 for t in times_s)
+    if not xs:
+        return {"n": 0}
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return {"median_ms": xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]),
+            "p25_ms": q[0], "p75_ms": q[2], "min_ms": xs[0], "n": len(xs)}
+
+
+def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+    """``numerator / denominator`` or ``None`` when either is missing or the denominator is 0."""
+    if numerator is None or denominator is None or denominator <= 0 or not math.isfinite(numerator):
+        return None
+    return numerator / denominator
+
+
+def median(xs: Iterable[float]) -> Optional[float]:
+    xs = list(xs)
+    return statistics.median(xs) if xs else None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when: CPU, cores, memory, OS, Python, UTC date and the load average."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        info["usable_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+        info["memory_gib"] = round(kb / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    info["load_average_start"] = load_average()
+    for var in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS"):
+        if os.environ.get(var):
+            info.setdefault("env", {})[var] = os.environ[var]
+    return info
+
+
+def load_average() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def shared_machine_note(machine: dict[str, Any]) -> Optional[str]:
+    """A warning when the load average exceeded the core count during the run."""
+    cores = machine.get("logical_cpus") or machine.get("usable_cpus") or 1  # the machine's, not the pinned run's
+    loads = [machine.get("load_average_start"), machine.get("load_average_end")]
+    worst = max((la[0] for la in loads if la), default=None)
+    if worst is not None and worst > cores:
+        return (f"measured while the machine was shared: 1-minute load average up to {worst} on {cores} cores; "
+                "absolute times are inflated and noisy, ratios less so (the libraries were interleaved)")
+    return None
+
+
+def output_stem(suite: str, device: str, device_name: str = "") -> str:
+    """``quick-cpu``, ``full-gpu-NVIDIA_H100`` …: the file name stem for a run."""
+    if device == "cpu":
+        return f"{suite}-cpu"
+    safe = "".join(c if c.isalnum() else "_" for c in device_name).strip("_") or "gpu"
+    return f"{suite}-gpu-{safe}"
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and ``met`` (None when not measured)."""
+    out: list[dict[str, Any]] = []
+    by_model = {r["model"]: r for r in results.get("models", [])
+                if r.get("dataset") == TARGET_DATASET and r.get("setting", {}).get("batch_size") == TARGET_BATCH}
+    for model, target in STEP_RATIO_TARGETS.items():
+        r = by_model.get(model)
+        val = (r or {}).get("ratio", {}).get("step")
+        rec = {"target": f"{model} step time ratio pythae/aetk_jax >= {target:g}", "model": model,
+               "measured": val, "threshold": target, "met": None if val is None else bool(val >= target)}
+        if r is not None and r.get("parity", {}).get("ok") is False:
+            rec["met"] = False
+            rec["note"] = "parity check failed: timings not comparable"
+        if r is not None and r.get("status") != "ok":
+            rec["note"] = f"not measured: {r.get('status')}"
+        out.append(rec)
+    r = by_model.get("rhvae")
+    comp = (r or {}).get("aetk_jax", {}).get("compile_s")
+    out.append({"target": f"rhvae compile time < {RHVAE_COMPILE_TARGET_S:g} s", "model": "rhvae", "measured": comp,
+                "threshold": RHVAE_COMPILE_TARGET_S, "met": None if comp is None else bool(comp < RHVAE_COMPILE_TARGET_S)})
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_json(results: dict[str, Any], path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1, sort_keys=False, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return repr(o)
+
+
+def _f(v: Optional[float], fmt: str = "{:.2f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def _ms(d: Optional[dict[str, Any]]) -> Optional[float]:
+    return None if not d else d.get("median_ms")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The Markdown report: header, head-to-head tables, variants, targets, scaling, notes."""
+    m = results.get("machine", {})
+    v = results.get("versions", {})
+    lines = [
+        f"# aetk_jax vs pythae — `{results.get('suite')}` suite on {results.get('device_name', results.get('device'))}",
+        "",
+        f"- date (UTC): {m.get('date_utc', '?')}; machine: {m.get('cpu', '?')}, "
+        f"{m.get('logical_cpus', '?')} cores (the run used {m.get('usable_cpus', '?')}), {m.get('memory_gib', '?')} GiB; "
+        f"load average start/end {m.get('load_average_start')} / {m.get('load_average_end')}",
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"- command: `{results.get('command', '')}`; threads: {results.get('threads', '?')}",
+        "",
+    ]
+    for note in results.get("notes", []):
+        lines.append(f"> {note}")
+    if results.get("notes"):
+        lines.append("")
+    lines += [
+        "Ratios are pythae time / aetk_jax time (> 1: aetk_jax is faster). Step: median of per-step wall times "
+        "after warm-up, the two libraries interleaved round by round. Epoch (loop): pythae driven by a plain "
+        "shuffled-tensor loop; epoch (trainer): pythae's own `BaseTrainer.train_step`; aetk_jax: "
+        "`aet.train.make_epoch` (the compiled scan `fit` runs) plus `end_epoch`. Compile: aetk_jax's trace + "
+        "XLA compile of the step (pythae has none). Memory: peak RSS increase during steady-state steps, "
+        "fresh process per library (see benchmarks/README.md for the limits).",
+        "",
+    ]
+    julia = results.get("julia") or {}
+    julia_steps = {(r.get("model"), r.get("dataset")): r for r in julia.get("models", [])} if julia else {}
+    for ds in dict.fromkeys(r.get("dataset") for r in results.get("models", [])):
+        rows = [r for r in results["models"] if r.get("dataset") == ds]
+        lines += [f"## {ds}", ""]
+        head = ("| model | status | parity | aetk_jax step ms | pythae step ms | **step ratio** | step ratio (CPU time) "
+                "| aetk_jax compile s "
+                "| aetk_jax epoch s | pythae epoch s (loop / trainer) | epoch ratio (loop / trainer) "
+                "| memory MB aetk_jax / pythae |")
+        sep = "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"
+        if julia_steps:
+            head += " AutoEncoderToolkit.jl step ms |"
+            sep += "---|"
+        lines += [head, sep]
+        for r in rows:
+            a, p, rt = r.get("aetk_jax", {}), r.get("pythae", {}), r.get("ratio", {})
+            par = r.get("parity", {})
+            par_s = "—" if not par else ("ok" if par.get("ok") else "**FAILED**")
+            s = r.get("setting", {})
+            name = f"{r['model']} (b{s.get('batch_size')}, d{s.get('latent_dim')})"
+            mem_a = (a.get("memory") or {}).get("steady_peak_delta_mb")
+            mem_p = (p.get("memory") or {}).get("steady_peak_delta_mb")
+            row = (f"| {name} | {r.get('status')} | {par_s} | {_f(_ms(a.get('step')))} | {_f(_ms(p.get('step')))} | "
+                   f"**{_f(rt.get('step'), '{:.2f}×')}** | {_f(rt.get('step_cpu'), '{:.2f}×')} | "
+                   f"{_f(a.get('compile_s'), '{:.1f}')} | "
+                   f"{_f(a.get('epoch_s'), '{:.3f}')} | {_f(p.get('epoch_loop_s'), '{:.3f}')} / "
+                   f"{_f(p.get('epoch_trainer_s'), '{:.3f}')} | {_f(rt.get('epoch_loop'), '{:.2f}×')} / "
+                   f"{_f(rt.get('epoch_trainer'), '{:.2f}×')} | {_f(mem_a, '{:.1f}')} / {_f(mem_p, '{:.1f}')} |")
+            if julia_steps:
+                j = julia_steps.get((r["model"], ds), {})
+                row += f" {_f(_ms((j.get('aetk_jl') or {}).get('step')))} |"
+            lines.append(row)
+        lines.append("")
+        var_rows = [(r, var) for r in rows for var in r.get("variants", [])]
+        if var_rows:
+            lines += ["Variants (timed in the same interleaved rounds):", "",
+                      "| model | variant | aetk_jax step ms | step ratio | step ratio (CPU time) | compile s | why |",
+                      "|---|---|---|---|---|---|---|"]
+            for r, var in var_rows:
+                lines.append(f"| {r['model']} | {var.get('label')} | {_f(_ms(var.get('step')))} | "
+                             f"{_f(var.get('ratio_step'), '{:.2f}×')} | {_f(var.get('ratio_step_cpu'), '{:.2f}×')} | "
+                             f"{_f(var.get('compile_s'), '{:.1f}')} | {var.get('why', '')} |")
+            lines.append("")
+        for r in rows:
+            if r.get("status") != "ok" and r.get("error"):
+                lines.append(f"- {r['model']}: {r['status']} — {r['error'].splitlines()[-1][:300]}")
+        lines.append("")
+    targets = results.get("targets") or []
+    if targets:
+        lines += ["## Targets (2-core CPU, MNIST-sized inputs, batch 128)", "", "| target | measured | met |", "|---|---|---|"]
+        for t in targets:
+            met = {True: "yes", False: "**no**", None: "not measured"}[t.get("met")]
+            meas = t.get("measured")
+            lines.append(f"| {t['target']} | {_f(meas, '{:.2f}')} | {met}{' — ' + t['note'] if t.get('note') else ''} |")
+        lines.append("")
+    prof = results.get("profiles") or []
+    if prof:
+        lines += ["## Where the time goes (profiles of missed targets)", ""]
+        for pr in prof:
+            lines.append(f"### {pr.get('model')}")
+            for k, val in pr.items():
+                if k != "model":
+                    lines.append(f"- {k}: {val}")
+            lines.append("")
+    scaling = results.get("scaling") or []
+    if scaling:
+        lines += ["## Scaling (MNIST-sized data; step time, ms)", "",
+                  "| model | axis | value | aetk_jax ms | pythae ms | ratio | note |", "|---|---|---|---|---|---|---|"]
+        for sc in scaling:
+            lines.append(f"| {sc['model']} | {sc['axis']} | {sc['value']} | {_f(sc.get('aetk_jax_ms'))} | "
+                         f"{_f(sc.get('pythae_ms'))} | {_f(ratio(sc.get('pythae_ms'), sc.get('aetk_jax_ms')), '{:.2f}×')} | "
+                         f"{sc.get('note', '')} |")
+        lines.append("")
+        for png in results.get("figures", []):
+            lines.append(f"![{os.path.basename(png)}]({os.path.basename(png)})")
+        lines.append("")
+    if julia:
+        lines += ["## AutoEncoderToolkit.jl", "", f"Read from `{julia.get('source', '?')}` "
+                  f"(versions: {julia.get('versions', {})}).", ""]
+    elif results.get("julia_note"):
+        lines += ["## AutoEncoderToolkit.jl", "", results["julia_note"], ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The short table for the project README: step ratio per model on the MNIST-sized data."""
+    rows = [r for r in results.get("models", []) if r.get("dataset") == TARGET_DATASET]
+    out = ["| model | aetk_jax step (ms) | pythae step (ms) | pythae / aetk_jax (wall) | (CPU time) | epoch ratio (loop / trainer) |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        rt = r.get("ratio", {})
+        if r.get("status") != "ok":
+            out.append(f"| {r['model']} | {r.get('status')} | | | | |")
+            continue
+        out.append(f"| {r['model']} | {_f(_ms(r.get('aetk_jax', {}).get('step')))} | "
+                   f"{_f(_ms(r.get('pythae', {}).get('step')))} | {_f(rt.get('step'), '{:.1f}×')} | "
+                   f"{_f(rt.get('step_cpu'), '{:.1f}×')} | {_f(rt.get('epoch_loop'), '{:.1f}×')} / "
+                   f"{_f(rt.get('epoch_trainer'), '{:.1f}×')} |")
+    return "\n".join(out) + "\n"
+
+
+def write_markdown(results: dict[str, Any], path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(markdown(results))
+        f.write("\n## Table for the README\n\n")
+        f.write(readme_table(results))
+    return path
+
+
+def find_julia(results_dir: str, suite: str, device: str) -> Optional[dict[str, Any]]:
+    """The Julia script's JSON for this suite and device, when it has been run."""
+    path = os.path.join(results_dir, f"julia-{suite}-{device}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    data["source"] = os.path.relpath(path, os.path.dirname(results_dir))
+    return data
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Rewrite the Markdown report of a saved results JSON.")
+    p.add_argument("json_path")
+    a = p.parse_args(argv)
+    with open(a.json_path) as f:
+        results = json.load(f)
+    print(write_markdown(results, os.path.splitext(a.json_path)[0] + ".md"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The benchmark harness's aetk_jax side: settings, data, timing, reports and plots.
+
+pythae and torch are not needed (and not imported): the checks that compare the
+two libraries live in ``benchmarks/parity.py`` and run inside the benchmark.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aetk_jax as aet  # noqa: E402
+from benchmarks import config, data, jax_side, memory, plots, report  # noqa: E402
+from benchmarks.julia_export import export  # noqa: E402
+from benchmarks.run import bench_model, time_interleaved, variants_for  # noqa: E402
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_mmd_kernel_matches_pythae_rbf_convention():
+    # pythae's RBF kernel: exp(-|a-b|^2 / (2 d bandwidth^2)); ours with rho = mmd_kernel_rho(s)
+    s = config.Setting(model="mmdvae", kernel_bandwidth=0.7)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    sq = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    want = np.exp(-sq / (2 * 3 * 0.7**2))
+    got = aet.mmdvae.gaussian_kernel(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), rho=config.mmd_kernel_rho(s))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=1e-7)
+
+
+def test_hyperparameters_translate_between_libraries():
+    s = config.Setting(model="rhvae", batch_size=64, K=4, eps=2e-3, beta0=0.5, T=0.9, metric_lam=0.05, n_fixed_point=2)
+    assert config.aetk_hyper(s) == {"K": 4, "eps": 2e-3, "beta0": 0.5, "n_fixed_point": 2}
+    # pythae's RHVAE uses its beta_zero as the square root of beta_0; its HVAE takes the root itself
+    assert config.pythae_hyper(s) == {"n_lf": 4, "eps_lf": 2e-3, "beta_zero": pytest.approx(math.sqrt(0.5)),
+                                      "temperature": 0.9, "regularization": 0.05}
+    assert config.pythae_hyper(s.replace(model="hvae"))["beta_zero"] == 0.5
+    assert s.centroids == 64 and s.to_dict()["n_centroids"] == 64
+    assert s.replace(n_centroids=16).centroids == 16
+    m = config.Setting(model="mmdvae", batch_size=32, mmd_lam=3.0, mmd_alpha=0.25)
+    hp, pp = config.aetk_hyper(m), config.pythae_hyper(m)
+    # both libraries weight the MMD by lam + alpha - 1 and the KL by 1 - alpha
+    assert hp["lam"] + hp["alpha"] - 1 == pp["lbd"] + pp["alpha"] - 1 == 2.25
+    assert hp["n_latent_samples"] == 32  # pythae draws one prior sample per code
+    with pytest.raises(ValueError, match="model"):
+        config.Setting(model="nope")
+    with pytest.raises(ValueError, match="batch_size"):
+        config.Setting(batch_size=1)
+
+
+def test_scaling_grid_per_model():
+    q, f = config.quick_suite(), config.full_suite()
+    assert {m: len(config.scaling_points(q, m)) for m in ("vae", "hvae", "rhvae")} == {"vae": 4, "hvae": 2, "rhvae": 4}
+    # full: batch 8 points, latent 6, K 6 (HVAE, RHVAE), centroids 5 (RHVAE)
+    assert {m: len(config.scaling_points(f, m)) for m in ("vae", "hvae", "rhvae")} == {"vae": 14, "hvae": 20, "rhvae": 25}
+    assert f.scaling["batch_size"][0] == 32 and f.scaling["batch_size"][-1] == 4096
+    assert (f.scaling["latent_dim"][0], f.scaling["latent_dim"][-1], f.scaling["K"][-1]) == (2, 64, 10)
+    assert (f.scaling["n_centroids"][0], f.scaling["n_centroids"][-1]) == (16, 4096)
+    q = f
+    base = config.default_setting("rhvae", "mnist-synthetic").to_dict()
+    for axis, value, s in config.scaling_points(q, "rhvae"):
+        d = s.to_dict()
+        changed = {k for k in d if d[k] != base[k]}
+        # each point changes its own axis only (the centroid count follows the batch by default)
+        assert changed <= {axis, "n_centroids"}
+        assert (s.centroids if axis == "n_centroids" else getattr(s, axis)) == value
+    rh = config.default_setting("rhvae", "digits")
+    assert [v[0] for v in variants_for(rh, config.quick_suite())] == ["n_fixed_point=1"]
+    assert [v[1] for v in variants_for(rh, f)] == [{"n_fixed_point": 1}, {"n_fixed_point": 3}]
+    assert variants_for(config.default_setting("vae", "digits"), f) == []
+    (label, over, _), = variants_for(config.default_setting("hvae", "digits"), f)
+    assert over == {"potential_grad": jax_side.grad_potential_first_order}
+
+
+def test_get_suite_restricts_models():
+    s = config.get_suite("quick", ["rhvae", "vae"])
+    assert s.models == ("vae", "rhvae") and s.scaling_model_list() == ("vae", "rhvae")
+    assert s.scaling_models["K"] == () and s.scaling_models["batch_size"] == ("vae", "rhvae")
+    with pytest.raises(ValueError, match="unknown model"):
+        config.get_suite("quick", ["gan"])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_mnist_synthetic_is_binary_reproducible_and_as_documented():
+    x = data.mnist_synthetic(400, seed=3)
+    assert x.shape == (400, 784) and x.dtype == np.float32
+    assert set(np.unique(x)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(x, data.mnist_synthetic(400, seed=3))
+    assert not np.array_equal(x, data.mnist_synthetic(400, seed=4))
+    # the documented model: logit = z.w - 1.5 with z.w ~ N(0, |w|^2), E|w|^2 = 9, so the expected
+    # on-fraction is E[sigmoid(-1.5 + 3 g)], g ~ N(0, 1) (Gauss-Hermite quadrature, independent of the code)
+    g, wts = np.polynomial.hermite_e.hermegauss(80)
+    expected = float(np.sum(wts / (1 + np.exp(1.5 - 3 * g))) / np.sqrt(2 * np.pi))
+    assert abs(x.mean() - expected) < 0.02, (x.mean(), expected)
+
+
+def test_digits_binary_is_the_thresholded_training_split():
+    x = data.digits_binary()
+    train, _ = aet.data.load_digits()
+    assert x.shape == (len(train.x), 64) == (1438, 64)
+    np.testing.assert_array_equal(x, (train.x > 0.5).astype(np.float32))
+    assert data.load("digits", 2000).shape == (2000, 64)  # repeated to reach larger batches
+
+
+# --------------------------------------------------------------------------- the aetk_jax runner
+
+
+@pytest.fixture(scope="module")
+def small_runner():
+    s = config.Setting(model="vae", dataset="digits", hidden=(16,), batch_size=32)
+    x = data.load("digits", 256)
+    return s, x, jax_side.JaxRunner(s, x, n_batches=2)
+
+
+def test_runner_compiles_the_fit_step_and_steps_like_adam(small_runner):
+    s, x, jr = small_runner
+    comp = jr.compile()
+    n_params = (64 * 16 + 16) + 2 * (16 * 2 + 2) + (2 * 16 + 16) + (16 * 64 + 64)
+    assert jax_side.n_params(jr.variables) == n_params
+    # the step's arguments hold the parameters and Adam's two moments (float32)
+    assert comp["xla_memory"]["argument_size_in_bytes"] >= 3 * 4 * n_params
+    assert comp["compile_s"] > 0 and comp["compile_cpu_s"] > 0
+    before = jr.state.params
+    want = aet.vae.loss(jr.model, jr.state.variables, jr.batches[0], jr.keys[0])
+    jr.step()
+    np.testing.assert_allclose(jr.loss_value(), float(want), rtol=1e-5)
+    # Adam's first update moves every parameter with a non-zero gradient by lr * g / (|g| + eps) ~ lr
+    deltas = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: jnp.max(jnp.abs(a - b)), jr.state.params, before))
+    assert max(float(d) for d in deltas) == pytest.approx(s.learning_rate, rel=1e-2)
+    assert int(jr.state.step) == 1
+
+
+def test_runner_epoch_runs_every_full_batch(small_runner):
+    s, x, jr = small_runner
+    info = jr.compile_epoch(x)
+    assert info["epoch_compile_s"] > 0
+    start = int(jr.state.step)
+    wall, cpu = jr.epoch(0)
+    assert int(jr.state.step) - start == len(x) // s.batch_size == 8
+    assert wall > 0 and cpu >= 0
+
+
+def test_first_order_potential_gradient_has_the_value_and_no_derivative():
+    s = config.Setting(model="hvae", dataset="digits", hidden=(4,), batch_size=8)
+    model, _, _ = jax_side.build(s)
+    x = jnp.asarray(data.load("digits", 8))
+    v = model.init(jax.random.key(0), x)
+    z = jnp.full((8, 2), 0.3)
+    np.testing.assert_allclose(jax_side.grad_potential_first_order(model, v, x, z),
+                               aet.hvae.grad_potential_energy(model, v, x, z), rtol=1e-6)
+    g = jax.grad(lambda p: jnp.sum(jax_side.grad_potential_first_order(model, {"params": p}, x, z) ** 2))(v["params"])
+    assert all(float(jnp.max(jnp.abs(leaf))) == 0.0 for leaf in jax.tree_util.tree_leaves(g))
+    g_full = jax.grad(lambda p: jnp.sum(aet.hvae.grad_potential_energy(model, {"params": p}, x, z) ** 2))(v["params"])
+    assert max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(g_full)) > 1e-3
+
+
+def test_unavailable_model_is_recorded_not_raised(monkeypatch):
+    monkeypatch.delattr(aet.rhvae, "G_inv")
+    with pytest.raises(jax_side.ModelUnavailable, match="aet.rhvae.G_inv"):
+        jax_side.check_available("rhvae")
+    s = config.default_setting("rhvae", "digits")
+    rec = bench_model(s, config.tiny_suite(), None, None, "cpu", memory=False, log=lambda m: None)
+    assert rec["status"] == "not available" and "aet.rhvae.G_inv" in rec["error"]
+
+
+# --------------------------------------------------------------------------- timing
+
+
+class _Fake:
+    def __init__(self, name, log, sleep_s=0.0):
+        self.name, self.log, self.sleep_s = name, log, sleep_s
+
+    def step(self):
+        self.log.append(self.name)
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+
+
+def test_time_interleaved_alternates_and_separates_cpu_from_wall():
+    log: list[str] = []
+    a, b = _Fake("a", log, 0.004), _Fake("b", log)
+    wall, cpu = time_interleaved([a, b], warmup=2, rounds=3, steps=2)
+    assert log[:4] == ["a", "a", "b", "b"]  # warm-up
+    assert log[4:] == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    assert [len(w) for w in wall] == [6, 6] and [len(c) for c in cpu] == [6, 6]
+    assert min(wall[0]) >= 0.004  # a sleeps 4 ms per step...
+    assert np.median(cpu[0]) < 0.002  # ...which costs (almost) no CPU time
+
+
+def test_summarize_and_ratio():
+    s = report.summarize([0.001, 0.002, 0.003, 0.004, 0.005])
+    assert (s["median_ms"], s["p25_ms"], s["p75_ms"], s["min_ms"], s["n"]) == pytest.approx((3, 2, 4, 1, 5))
+    assert report.summarize([0.004, 0.001, 0.003, 0.002])["median_ms"] == pytest.approx(2.5)
+    assert report.ratio(6.0, 2.0) == 3.0
+    assert report.ratio(None, 2.0) is None and report.ratio(1.0, 0.0) is None
+
+
+def test_peak_sampler_sees_an_allocation():
+    sampler = memory.PeakSampler(interval_s=1e-4).start()
+    base = sampler.peak
+    buf = np.ones(40 * 2**20 // 8)  # 40 MiB, every page touched
+    time.sleep(0.02)
+    peak = sampler.stop()
+    del buf
+    assert peak - base >= 30 * 2**20
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _results(with_scaling=False):
+    def rec(model, a_ms, p_ms, status="ok", parity_ok=True, compile_s=3.0):
+        r = {"model": model, "dataset": "mnist-synthetic", "setting": {"batch_size": 128, "latent_dim": 2},
+             "status": status}
+        if status == "ok":
+            r.update(parity={"ok": parity_ok, "checks": []},
+                     aetk_jax={"step": {"median_ms": a_ms}, "compile_s": compile_s, "epoch_s": 1.0},
+                     pythae={"step": {"median_ms": p_ms}, "epoch_loop_s": 2.0, "epoch_trainer_s": 4.0},
+                     ratio={"step": p_ms / a_ms, "step_cpu": p_ms / a_ms, "epoch_loop": 2.0, "epoch_trainer": 4.0})
+        else:
+            r["error"] = "model not available in this aetk_jax: missing aet.rhvae.loss"
+        return r
+
+    res = {"suite": "quick", "device": "cpu", "device_name": "CPU (test)", "machine": {"cpu": "test"},
+           "versions": {"jax": "x"}, "notes": [],
+           "models": [rec("vae", 10.0, 25.0), rec("hvae", 10.0, 49.0, parity_ok=False),
+                      rec("rhvae", 0, 0, status="not available")]}
+    if with_scaling:
+        res["scaling"] = [{"model": "vae", "axis": "batch_size", "value": v, "aetk_jax_ms": v / 10, "pythae_ms": v / 5}
+                          for v in (32, 64, 128)]
+    return res
+
+
+def test_targets_are_judged_from_the_mnist_batch_128_rows():
+    t = {x["model"] + (" compile" if "compile" in x["target"] else ""): x for x in report.evaluate_targets(_results())}
+    assert t["vae"]["met"] is True and t["vae"]["measured"] == pytest.approx(2.5)
+    assert t["hvae"]["met"] is False and "parity" in t["hvae"]["note"]  # 4.9 < 5, and parity failed
+    assert t["rhvae"]["met"] is None and t["rhvae compile"]["met"] is None
+
+
+def test_json_and_markdown_outputs(tmp_path):
+    res = _results()
+    res["targets"] = report.evaluate_targets(res)
+    p = report.write_json(res, str(tmp_path / "quick-cpu.json"))
+    assert json.loads(Path(p).read_text()) == json.loads(json.dumps(res))
+    md = Path(report.write_markdown(res, str(tmp_path / "quick-cpu.md"))).read_text()
+    assert "**2.50×**" in md and "**4.90×**" in md  # pythae / aetk_jax per model
+    assert "**FAILED**" in md and "not available" in md
+    table = report.readme_table(res).strip().splitlines()
+    assert len(table) == 2 + 3 and "2.5×" in table[2]
+    assert report.output_stem("quick", "gpu", "NVIDIA H100 80GB HBM3") == "quick-gpu-NVIDIA_H100_80GB_HBM3"
+    assert report.output_stem("full", "cpu") == "full-cpu"
+
+
+def test_shared_machine_note():
+    # compared with the machine's cores, also when the run itself was pinned to fewer
+    assert "shared" in report.shared_machine_note({"logical_cpus": 2, "usable_cpus": 1, "load_average_start": [5.0, 4, 3]})
+    assert report.shared_machine_note({"logical_cpus": 2, "usable_cpus": 1, "load_average_start": [0.5, 1, 1],
+                                       "load_average_end": [1.5, 1, 1]}) is None
+
+
+def test_scaling_figure_is_a_png(tmp_path):
+    paths = plots.scaling_figures(_results(with_scaling=True), str(tmp_path / "quick-cpu"))
+    assert [os.path.basename(p) for p in paths] == ["quick-cpu-scaling-batch_size.png"]
+    head = Path(paths[0]).read_bytes()
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 5000
+
+
+def test_julia_export_writes_the_exact_data(tmp_path):
+    cfg = export("tiny", str(tmp_path))
+    shapes = json.loads((tmp_path / "shapes.json").read_text())
+    n, d = shapes["digits"]
+    x = np.fromfile(tmp_path / "digits.f32", dtype=np.float32).reshape(n, d)
+    np.testing.assert_array_equal(x, data.load("digits", n))
+    assert cfg["settings"][0]["model"] == "vae" and cfg["settings"][0]["input_dim"] == 64
+    assert json.loads((tmp_path / "config.json").read_text())["suite"]["name"] == "tiny"

@@ -1,0 +1,85 @@
+"""k-means and k-medoids centroid selection (aet.utils), against NumPy references."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import aetk_jax as aet
+
+TRUE_CENTRES = np.array([[-6.0, -6.0], [-6.0, 6.0], [6.0, -6.0], [6.0, 6.0], [0.0, 0.0]])
+
+
+def _clusters(rng, n_per=40, sd=0.4):
+    """Five well-separated Gaussian clusters in 2-D (centres ≥ 8.4 apart, sd 0.4)."""
+    labels = np.repeat(np.arange(len(TRUE_CENTRES)), n_per)
+    x = TRUE_CENTRES[labels] + sd * rng.standard_normal((labels.size, 2))
+    perm = rng.permutation(labels.size)
+    return x[perm].astype(np.float32), labels[perm]
+
+
+def _match(found, reference):
+    """Index of the nearest reference row for each found row."""
+    d = np.linalg.norm(found[:, None, :] - reference[None, :, :], axis=-1)
+    return np.argmin(d, axis=1)
+
+
+def test_kmeans_recovers_cluster_means(rng):
+    x, labels = _clusters(rng)
+    centres = np.asarray(aet.utils.centroids_kmeans(jnp.asarray(x), 5, jax.random.key(0)))
+    assert centres.shape == (5, 2)
+    which = _match(centres, TRUE_CENTRES)
+    assert sorted(which) == list(range(5))  # one centre per cluster
+    # with separated clusters, Lloyd's fixed point is exactly each cluster's sample mean
+    means = np.stack([x[labels == j].mean(0) for j in range(5)])
+    np.testing.assert_allclose(centres, means[which], atol=1e-5)
+    # ... which is within 4 standard errors (4·0.4/√40 ≈ 0.25) of the true centre
+    assert np.max(np.linalg.norm(centres - TRUE_CENTRES[which], axis=1)) < 0.25
+
+
+def test_kmedoids_returns_the_exact_medoids(rng):
+    x, labels = _clusters(rng)
+    med = np.asarray(aet.utils.centroids_kmedoids(jnp.asarray(x), 5, jax.random.key(1)))
+    idx = np.asarray(aet.utils.centroids_kmedoids(jnp.asarray(x), 5, jax.random.key(1), return_index=True))
+    np.testing.assert_array_equal(med, x[idx])  # medoids are data points
+    which = labels[idx]
+    assert sorted(which) == list(range(5))
+    for i, j in zip(idx, which):  # brute-force medoid of each true cluster (float64)
+        members = np.flatnonzero(labels == j)
+        xs = x[members].astype(np.float64)
+        cost = np.linalg.norm(xs[:, None] - xs[None], axis=-1).sum(1)
+        assert i == members[np.argmin(cost)]
+
+
+def test_kmeans_keeps_data_shape_and_jits(rng):
+    x, labels = _clusters(rng, n_per=10)
+    x3 = jnp.asarray(x.reshape(-1, 1, 2))  # data shape (1, 2)
+    eager = aet.utils.centroids_kmeans(x3, 5, jax.random.key(2), n_iter=15)
+    jitted = jax.jit(aet.utils.centroids_kmeans, static_argnums=1, static_argnames="n_iter")(
+        x3, 5, jax.random.key(2), n_iter=15
+    )
+    assert eager.shape == (5, 1, 2)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-6)
+    means = np.stack([x[labels == j].mean(0) for j in range(5)])
+    got = np.asarray(eager)[:, 0]
+    np.testing.assert_allclose(got, means[_match(got, TRUE_CENTRES)], atol=1e-5)
+
+
+def test_kmedoids_jits_and_handles_duplicates():
+    # 3 distinct points, each repeated: k = 3 must pick one copy of each
+    base = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
+    x = jnp.asarray(np.repeat(base, 4, axis=0))
+    f = jax.jit(aet.utils.centroids_kmedoids, static_argnums=1)
+    med = np.asarray(f(x, 3, jax.random.key(3)))
+    assert sorted(map(tuple, med.tolist())) == sorted(map(tuple, base.tolist()))
+
+
+def test_centroids_bad_input():
+    x = jnp.zeros((4, 2))
+    with pytest.raises(ValueError, match="k"):
+        aet.utils.centroids_kmeans(x, 5, jax.random.key(0))
+    with pytest.raises(ValueError, match="k"):
+        aet.utils.centroids_kmedoids(x, 0, jax.random.key(0))
+    with pytest.raises(ValueError, match="n_iter"):
+        aet.utils.centroids_kmeans(x, 2, jax.random.key(0), n_iter=-1)

@@ -1,0 +1,350 @@
+"""Data parallel training: sharded steps, pmap, fit over a mesh, two processes.
+
+The main pytest process has one CPU device. The multi-device cases run in
+subprocesses started with ``XLA_FLAGS=--xla_force_host_platform_device_count``
+(it must be set before JAX is imported): one process with 4 devices, and two
+processes with 2 devices each joined over loopback (``jax.distributed`` with
+gloo CPU collectives). Every multi-device result is compared with the same
+computation on the main process's single device (an independent run of the
+plain single-device code path).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import aetk_jax as aet
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+MODELS = ["vae", "hvae", "rhvae"]
+BATCH = 16  # one step: 4 examples per device on 4 devices
+FIT_N, FIT_BATCH, FIT_EPOCHS = 256, 32, 2
+STEP_LR = 0.1  # SGD for the one-step checks: parameter differences are lr x gradient differences
+
+
+# ---------------------------------------------------------------------------
+# shared between the main process and the workers (no side effects at import)
+
+
+def build(name: str):
+    """``(model, loss_fn)`` for a model name; small networks (hidden 16, latent 2)."""
+    enc = aet.JointGaussianLogEncoder(aet.MLP([16], final_activation=nn.relu), 2)
+    dec = aet.BernoulliDecoder(aet.MLP([16], final_activation=nn.relu), 64)
+    if name == "vae":
+        model = aet.VAE(enc, dec)
+        return model, functools.partial(aet.vae.loss, model)
+    if name == "hvae":
+        model = aet.HVAE(enc, dec)
+        return model, functools.partial(aet.hvae.loss, model, K=2, eps=0.05)
+    if name == "rhvae":
+        metric = aet.rhvae.MetricNetwork(aet.MLP([16], final_activation=nn.relu), 2)
+        model = aet.RHVAE(enc, dec, metric, 8, 0.8, 1e-2)
+        return model, functools.partial(aet.rhvae.loss, model, K=1, eps=0.05, n_fixed_point=2)
+    raise ValueError(name)
+
+
+def digits() -> np.ndarray:
+    return np.asarray(aet.data.load_digits()[0].x[:FIT_N])
+
+
+def init_state(name: str):
+    model, loss_fn = build(name)
+    x = digits()[:BATCH]
+    variables = model.init(jax.random.key(1), x)
+    return loss_fn, aet.train.init_state(variables, optax.sgd(STEP_LR)), x
+
+
+def flat(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree_util.tree_leaves(jax.device_get(tree))])
+
+
+def shardwise(loss_fn, n: int):
+    """The loss pmap computes: the mean over ``n`` shards of the loss of shard s with key fold_in(key, s)."""
+
+    def loss(variables, x, key):
+        keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(n))
+        shards = x.reshape(n, x.shape[0] // n, *x.shape[1:])
+        return jnp.mean(jax.vmap(lambda xs, k: loss_fn(variables, xs, k))(shards, keys))
+
+    return loss
+
+
+def fit_vae(data, batch_size: int = FIT_BATCH, **kw):
+    model, loss_fn = build("vae")
+    return aet.train.fit(
+        model, loss_fn, data, key=jax.random.key(3), epochs=FIT_EPOCHS, batch_size=batch_size, progress=False, **kw
+    )
+
+
+STEP_KEY = 2
+
+
+# ---------------------------------------------------------------------------
+# workers (each runs in its own subprocess; XLA_FLAGS fixes its device count)
+
+
+def _worker_single(out: str) -> None:
+    """The references, on one device: one step per model (plain loss and per-shard loss), and fit."""
+    assert jax.device_count() == 1, jax.devices()
+    key = jax.random.key(STEP_KEY)
+    res: dict = {"draw": np.asarray(jax.random.normal(key, (BATCH, 3))).tolist()}
+    for name in MODELS:
+        loss_fn, state, x = init_state(name)
+        res[f"{name}/init_params"] = flat(state.params).tolist()
+        new, metrics = aet.train.make_step(loss_fn, optax.sgd(STEP_LR))(state, x, key)
+        res[f"{name}/loss"], res[f"{name}/params"] = float(metrics["loss"]), flat(new.params).tolist()
+        new, metrics = aet.train.make_step(shardwise(loss_fn, 4), optax.sgd(STEP_LR))(state, x, key)
+        res[f"{name}/shardwise_loss"], res[f"{name}/shardwise_params"] = float(metrics["loss"]), flat(new.params).tolist()
+    variables, history = fit_vae(digits(), val_data=digits()[:64])
+    res["fit_params"], res["fit_history"] = flat(variables["params"]).tolist(), history
+    _dump(res, out)
+
+
+def _worker_devices(out: str) -> None:
+    """4 forced CPU devices: sharded steps, pmap steps, a sharded draw, fit over a mesh, errors."""
+    assert jax.device_count() == 4, jax.devices()
+    mesh = aet.parallel.data_mesh()
+    key = jax.random.key(STEP_KEY)
+    res: dict = {"threefry_partitionable": bool(jax.config.jax_threefry_partitionable)}
+
+    # a draw for an array sharded over 4 devices (compared with the 1-device draw)
+    sharded = jax.jit(lambda k: jax.random.normal(k, (BATCH, 3)), out_shardings=aet.parallel.batch_sharding(mesh))(key)
+    res["draw_shards"] = len(sharded.addressable_shards)
+    res["draw"] = np.asarray(sharded).tolist()
+
+    for name in MODELS:
+        loss_fn, state, x = init_state(name)
+        rep = aet.parallel.replicate(state, mesh)
+        # sharded path: the batch (a host array) is split over 4 devices inside the jitted step
+        new, metrics = aet.train.make_step(loss_fn, optax.sgd(STEP_LR), mesh=mesh)(rep, x, key)
+        res[f"{name}/sharded_loss"], res[f"{name}/sharded_params"] = float(metrics["loss"]), flat(new.params).tolist()
+        res[f"{name}/param_devices"] = len(jax.tree_util.tree_leaves(new.params)[0].sharding.device_set)
+        # pmap path: key broadcast, each device folds in its index, gradients pmean-ed
+        pstep = aet.parallel.pmap_step(loss_fn, optax.sgd(STEP_LR))
+        pnew, pmetrics = pstep(aet.parallel.pmap_replicate(state, 4), aet.parallel.split_for_pmap(x, 4), key)
+        res[f"{name}/pmap_loss"] = np.asarray(pmetrics["loss"]).tolist()
+        res[f"{name}/pmap_params"] = [flat(jax.tree_util.tree_map(lambda a: a[i], pnew.params)).tolist() for i in range(4)]
+    # the sharded path with the per-shard loss pmap computes (VAE; the other models are compared on 1 device)
+    loss_fn, state, x = init_state("vae")
+    rep = aet.parallel.replicate(state, mesh)
+    new, metrics = aet.train.make_step(shardwise(loss_fn, 4), optax.sgd(STEP_LR), mesh=mesh)(rep, x, key)
+    res["vae/sharded_shardwise_loss"], res["vae/sharded_shardwise_params"] = float(metrics["loss"]), flat(new.params).tolist()
+
+    # fit over an explicit 4-device mesh; a callback records where the parameters live
+    seen = []
+    cb = lambda e, v, h: seen.append(len(jax.tree_util.tree_leaves(v)[0].sharding.device_set))  # noqa: E731
+    variables, history = fit_vae(digits(), mesh=mesh, callbacks=[cb])
+    res["fit_params"], res["fit_history"], res["fit_param_devices"] = flat(variables["params"]).tolist(), history, seen
+
+    # batch sizes not divisible by the device count (explicit mesh, default mesh, make_step)
+    errors = {}
+    for label, call in {
+        "fit_mesh": lambda: fit_vae(digits(), mesh=mesh, batch_size=30),
+        "fit_default_mesh": lambda: fit_vae(digits(), batch_size=30),
+        "make_step": lambda: aet.train.make_step(loss_fn, optax.sgd(STEP_LR), mesh=mesh)(rep, x[:6], key),
+    }.items():
+        try:
+            call()
+            errors[label] = None
+        except ValueError as err:
+            errors[label] = str(err)
+    res["errors"] = errors
+    _dump(res, out)
+
+
+def _worker_process(out: str) -> None:
+    """One of two processes (2 CPU devices each), configured through the AETK_* variables."""
+    info = aet.parallel.initialize()
+    data = aet.parallel.process_shard(digits())
+    val = aet.parallel.process_shard(digits()[:64])
+    variables, history = fit_vae(data, val_data=val, checkpoint_dir=os.environ["CKPT_DIR"])
+    # a global batch from each process's first 4 rows, gathered back to every process
+    mesh = aet.parallel.data_mesh()
+    batch = aet.parallel.shard_batch(data[:4], mesh)
+    whole = jax.jit(lambda a: a, out_shardings=aet.parallel.replicated(mesh))(batch)
+    res = {"info": list(info), "shard_rows": int(data.shape[0]), "fit_params": flat(variables["params"]).tolist(),
+           "fit_history": history, "batch_shape": list(batch.shape), "batch": np.asarray(whole).tolist()}
+    _dump(res, out)
+    jax.distributed.shutdown()
+
+
+def _dump(res: dict, out: str) -> None:
+    with open(out, "w") as f:
+        json.dump(res, f)
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+
+# lower LLVM optimisation in the workers: compiling dominates their run time (measured -25%)
+XLA_EXTRA = "--xla_backend_optimization_level=0"
+
+
+def _env(n_devices: int, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AETK_", "SLURM_", "OMPI_"))}
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices} {XLA_EXTRA}"
+    env["PYTHONPATH"] = os.pathsep.join([TESTS, ROOT, env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def _launch(worker: str, out: str, env: dict) -> subprocess.Popen:
+    code = f"import test_parallel as t; t.{worker}({out!r})"
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    """Run the workers together (1 device; 4 devices; two processes x 2 devices) and load their results."""
+    tmp = tmp_path_factory.mktemp("parallel")
+    port = _free_port()
+    procs = {
+        "single": _launch("_worker_single", str(tmp / "single.json"), _env(1)),
+        "devices": _launch("_worker_devices", str(tmp / "devices.json"), _env(4)),
+    }
+    for pid in range(2):
+        env = _env(
+            2, AETK_COORDINATOR=f"127.0.0.1:{port}", AETK_NUM_PROCESSES="2", AETK_PROCESS_ID=str(pid),
+            CKPT_DIR=str(tmp / "ckpt"),
+        )
+        procs[f"process{pid}"] = _launch("_worker_process", str(tmp / f"process{pid}.json"), env)
+    results = {}
+    try:
+        for label, proc in procs.items():
+            log, _ = proc.communicate(timeout=900)
+            assert proc.returncode == 0, f"worker {label} failed:\n{log.decode()[-4000:]}"
+            with open(tmp / f"{label}.json") as f:
+                results[label] = json.load(f)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    results["ckpt_files"] = sorted(os.listdir(tmp / "ckpt"))
+    return results
+
+
+# ---------------------------------------------------------------------------
+# tests
+#
+# Tolerances (float32): the multi-device programs add the per-device partial
+# sums in another order than one device. Measured worst cases (2-core CPU,
+# jax 0.10.2): one SGD step (lr 0.1, parameters move by up to 0.3),
+# |Δloss|/loss ≤ 2.4e-7 and max |Δparam| ≤ 1.2e-7 over VAE/HVAE/RHVAE and
+# pmap; fit (16 Adam steps), train losses equal to 3.4e-7 relative and
+# max |Δparam| ≤ 6e-8 (4 devices and two processes alike). Thresholds: losses
+# rtol 1e-5 (30x), parameters |Δ| ≤ atol + rtol·|p| ≈ 1e-6 + 1e-5·|p| (≥ 30x).
+STEP_RTOL, STEP_ATOL = 1e-5, 1e-6
+FIT_RTOL, FIT_ATOL = 1e-5, 1e-6
+
+
+def test_sharded_draws_equal_unsharded(workers):
+    """The mechanism the sharded path relies on: a draw for a global array is the same however it is sharded."""
+    res = workers["devices"]
+    assert res["threefry_partitionable"] is True
+    assert res["draw_shards"] == 4
+    np.testing.assert_array_equal(res["draw"], workers["single"]["draw"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_step_4_devices_equals_1_device(workers, name):
+    """One SGD step with the batch split over 4 devices == the same step on 1 device."""
+    dev, one = workers["devices"], workers["single"]
+    assert dev[f"{name}/param_devices"] == 4
+    np.testing.assert_allclose(dev[f"{name}/sharded_loss"], one[f"{name}/loss"], rtol=1e-5)
+    np.testing.assert_allclose(dev[f"{name}/sharded_params"], one[f"{name}/params"], rtol=STEP_RTOL, atol=STEP_ATOL)
+    # the step moved the parameters by far more than the tolerance
+    assert np.max(np.abs(np.subtract(one[f"{name}/params"], one[f"{name}/init_params"]))) > 1e-3
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_pmap_equals_sharded(workers, name):
+    """pmap with pmean-ed gradients == the step of the same per-shard loss (shard s, key fold_in(key, s))
+    on 1 device, and, for the VAE, == that loss through the sharded 4-device path; replicas stay equal."""
+    dev, one = workers["devices"], workers["single"]
+    pmap_params = np.asarray(dev[f"{name}/pmap_params"])
+    for replica in pmap_params[1:]:
+        np.testing.assert_array_equal(replica, pmap_params[0])
+    np.testing.assert_allclose(dev[f"{name}/pmap_loss"], [one[f"{name}/shardwise_loss"]] * 4, rtol=1e-5)
+    np.testing.assert_allclose(pmap_params[0], one[f"{name}/shardwise_params"], rtol=STEP_RTOL, atol=STEP_ATOL)
+    if name == "vae":
+        np.testing.assert_allclose(dev["vae/sharded_shardwise_loss"], dev["vae/pmap_loss"][0], rtol=1e-5)
+        np.testing.assert_allclose(pmap_params[0], dev["vae/sharded_shardwise_params"], rtol=STEP_RTOL, atol=STEP_ATOL)
+    # per-shard keys are not the global key: the pmap loss is not the global-batch loss
+    # (measured difference ≈ 0.8–1.0 nats)
+    assert abs(dev[f"{name}/pmap_loss"][0] - dev[f"{name}/sharded_loss"]) > 1e-2
+
+
+def test_fit_mesh_4_devices_equals_1_device(workers):
+    """fit over a 4-device mesh for 2 epochs == fit on 1 device."""
+    dev, one = workers["devices"], workers["single"]
+    assert dev["fit_param_devices"] == [4] * FIT_EPOCHS
+    np.testing.assert_allclose(dev["fit_history"]["train"]["loss"], one["fit_history"]["train"]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(dev["fit_params"], one["fit_params"], rtol=FIT_RTOL, atol=FIT_ATOL)
+    assert np.max(np.abs(np.subtract(one["fit_params"], one["vae/init_params"]))) > 1e-2
+
+
+def test_two_processes_equal_single_process(workers):
+    """Two processes x 2 devices on loopback, each with half of the rows == one process with one device."""
+    one, p0, p1 = workers["single"], workers["process0"], workers["process1"]
+    assert p0["info"] == [0, 2, 2, 4] and p1["info"] == [1, 2, 2, 4]
+    assert p0["shard_rows"] == p1["shard_rows"] == FIT_N // 2
+    np.testing.assert_array_equal(p0["fit_params"], p1["fit_params"])  # replicated on both processes
+    for split in ("train", "val"):
+        np.testing.assert_allclose(p0["fit_history"][split]["loss"], one["fit_history"][split]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(p0["fit_params"], one["fit_params"], rtol=FIT_RTOL, atol=FIT_ATOL)
+    # shard_batch: process p's rows land at [4p, 4p + 4) of the global batch
+    x = digits()
+    assert p0["batch_shape"] == [8, 64]
+    np.testing.assert_array_equal(p0["batch"], np.concatenate([x[:4], x[FIT_N // 2 : FIT_N // 2 + 4]]))
+    # only process 0 wrote checkpoints: one per epoch
+    assert workers["ckpt_files"] == [f"ckpt_{e:06d}.msgpack" for e in range(FIT_EPOCHS)]
+
+
+def test_batch_not_divisible_raises(workers):
+    errors = workers["devices"]["errors"]
+    for label in ("fit_mesh", "fit_default_mesh"):
+        assert errors[label] is not None and "`batch_size` (30)" in errors[label] and "4 devices" in errors[label]
+    assert errors["make_step"] is not None and "`batch` (6)" in errors["make_step"]
+
+
+def test_process_shard_and_initialize_single_process(monkeypatch):
+    for var in [*os.environ]:
+        if var.startswith(("AETK_", "SLURM_", "OMPI_")):
+            monkeypatch.delenv(var)
+    x = np.arange(22.0).reshape(11, 2)
+    blocks = [aet.parallel.process_shard(x, process_id=i, num_processes=3) for i in range(3)]
+    np.testing.assert_array_equal(np.concatenate(blocks), x[:9])
+    strided = [aet.parallel.process_shard(x, process_id=i, num_processes=3, mode="strided") for i in range(3)]
+    np.testing.assert_array_equal(strided[1], x[[1, 4, 7]])
+    ds = aet.data.Dataset(x, np.arange(11))
+    part = aet.parallel.process_shard(ds, process_id=2, num_processes=3)
+    np.testing.assert_array_equal(part.y, [6, 7, 8])
+    with pytest.raises(ValueError, match="process_id"):
+        aet.parallel.process_shard(x, process_id=3, num_processes=3)
+    with pytest.raises(ValueError, match="mode"):
+        aet.parallel.process_shard(x, process_id=0, num_processes=3, mode="blocks")
+    # nothing configured: a single-process run, nothing initialised
+    assert tuple(aet.parallel.initialize()) == (0, 1, 1, 1)
+    with pytest.raises(ValueError, match="AETK_PROCESS_ID"):
+        aet.parallel.initialize("127.0.0.1:1234", 2)
+    with pytest.raises(ValueError, match="coordinator_address"):
+        aet.parallel.initialize("no-port", 2, 0)

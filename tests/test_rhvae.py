@@ -1,0 +1,431 @@
+"""RHVAE: metric, Hamiltonian, generalised leapfrog, ELBO, training, sampling.
+
+Every check is against an independent reference: float64 NumPy re-implementations
+of the paper's formulas (with finite-difference gradients for the leapfrog),
+closed forms, scipy, ``jax.test_util.check_grads`` and the HVAE leapfrog.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.stats
+from jax.flatten_util import ravel_pytree
+from jax.test_util import check_grads
+
+import aetk_jax as aet
+from aetk_jax import rhvae
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tiny_model(d: int = 2, data_dim: int = 5, n_centroids: int = 4, T: float = 0.7, lam: float = 0.05):
+    """A small RHVAE with smooth (tanh) networks and a Gaussian (σ = 1) decoder, so the
+    NumPy reference below can re-implement its Hamiltonian exactly."""
+    body = lambda: aet.MLP([6], final_activation=nn.tanh)  # noqa: E731
+    enc = aet.JointGaussianLogEncoder(body(), d)
+    dec = aet.SimpleGaussianDecoder(body(), data_dim)
+    return aet.RHVAE(enc, dec, rhvae.MetricNetwork(body(), d), n_centroids, T, lam)
+
+
+def random_metric(rng, n: int, d: int, scale: float = 1.0):
+    c = scale * rng.standard_normal((n, d))
+    A = rng.standard_normal((n, d, d))
+    return c, A @ np.swapaxes(A, -1, -2) + 0.1 * np.eye(d)
+
+
+def f64_variables(model, rng, batch: int = 3, data_dim: int = 5, metric=None):
+    """float64 variables with a random stored metric, and a float64 batch x (call under x64)."""
+    x = jnp.asarray(rng.standard_normal((batch, data_dim)))
+    v = _init64(model, batch, data_dim)
+    c, M = random_metric(rng, model.n_centroids, model.latent_dim) if metric is None else metric
+    v = {**v, "metric": {**v["metric"], "centroids": jnp.asarray(c), "M": jnp.asarray(M)}}
+    return v, x
+
+
+@functools.lru_cache(maxsize=None)
+def _init64(model, batch, data_dim):
+    v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((batch, data_dim), jnp.float64))
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), v)
+
+
+def np_ginv(z, c, M, T, lam):
+    """G⁻¹(z) = Σᵢ Mᵢ exp(−‖z − cᵢ‖²/T²) + λI, one point at a time (float64)."""
+    out = []
+    for zb in np.atleast_2d(z):
+        G = lam * np.eye(len(zb))
+        for ci, Mi in zip(c, M):
+            G = G + Mi * np.exp(-np.sum((zb - ci) ** 2) / T**2)
+        out.append(G)
+    return np.stack(out)
+
+
+def np_dense(p, h):
+    return h @ np.asarray(p["kernel"]) + np.asarray(p["bias"])
+
+
+def np_hamiltonian(v, model, x, z, rho):
+    """H(z, ρ) for the tiny model in NumPy: decoder μ = tanh(z W₀ + b₀) W + b, σ = 1."""
+    p = v["params"]["decoder"]
+    mu = np_dense(p["mu"], np.tanh(np_dense(p["body"]["dense_0"], z)))
+    loglik = np.sum(-0.5 * (x - mu) ** 2 - 0.5 * LOG_2PI, axis=-1)
+    d = z.shape[-1]
+    logprior = -0.5 * (d * LOG_2PI + np.sum(z**2, -1))
+    Gi = np_ginv(z, np.asarray(v["metric"]["centroids"]), np.asarray(v["metric"]["M"]), model.T, model.lam)
+    logdetG = -np.linalg.slogdet(Gi)[1]
+    quad = np.einsum("bi,bij,bj->b", rho, Gi, rho)
+    return -loglik - logprior + 0.5 * (d * LOG_2PI + logdetG) + 0.5 * quad
+
+
+def np_grad(f, a, h=1e-5):
+    """Central finite differences of a per-example function f: (b, d) → (b,)."""
+    g = np.zeros_like(a)
+    for j in range(a.shape[1]):
+        e = np.zeros_like(a)
+        e[:, j] = h
+        g[:, j] = (f(a + e) - f(a - e)) / (2 * h)
+    return g
+
+
+def np_general_leapfrog(H, z, rho, eps, n):
+    """The paper's generalised leapfrog, each implicit equation by n fixed-point
+    iterations from the base point; ∇H by finite differences (float64)."""
+    gz = lambda zz, rr: np_grad(lambda a: H(a, rr), zz)  # noqa: E731
+    grho = lambda zz, rr: np_grad(lambda a: H(zz, a), rr)  # noqa: E731
+    rt = rho.copy()
+    for _ in range(n):
+        rt = rho - eps / 2 * gz(z, rt)
+    g0 = grho(z, rt)
+    zb = z.copy()
+    for _ in range(n):
+        zb = z + eps / 2 * (g0 + grho(zb, rt))
+    return zb, rt - eps / 2 * gz(zb, rt)
+
+
+# --------------------------------------------------------------------------- the metric
+
+D3 = dict(d=3, n_centroids=5)  # the 3-D model (two off-diagonal layouts to check)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _metric_parts(model, v, z, rho):
+    Gi = rhvae.G_inv(model, v, z)
+    return (Gi, rhvae.metric_tensor(model, v, z), rhvae.log_volume(model, v, z),
+            rhvae.logdet_inverse(Gi), rhvae.riemannian_logprior(rho, Gi), jax.vmap(rhvae.metric_fn(model, v))(z))
+
+
+def test_G_inv_metric_tensor_logdet_against_numpy(rng):
+    with jax.enable_x64(True):
+        model = tiny_model(**D3)
+        v, _ = f64_variables(model, rng)
+        c, M = np.asarray(v["metric"]["centroids"]), np.asarray(v["metric"]["M"])
+        z, rho = rng.standard_normal((7, 3)), rng.standard_normal((7, 3))
+        z[:2] = c[:2] + 60.0  # far from every centroid
+        Gi, G, logvol, logdet_i, logp_rho, G_fn = map(np.asarray, _metric_parts(model, v, jnp.asarray(z),
+                                                                             jnp.asarray(rho)))
+        assert Gi.shape == (7, 3, 3) and Gi.dtype == np.float64
+        np.testing.assert_allclose(Gi, np_ginv(z, c, M, model.T, model.lam), rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(Gi, np.swapaxes(Gi, 1, 2))  # exactly symmetric
+        assert np.min(np.linalg.eigvalsh(Gi)) >= model.lam * (1 - 1e-10)  # ≥ λ: positive-definite
+        # far from every centroid only λI is left (the Gaussian weights underflow to 0)
+        np.testing.assert_allclose(Gi[:2], np.broadcast_to(model.lam * np.eye(3), (2, 3, 3)), rtol=0, atol=1e-15)
+        # G is the inverse; log det by Cholesky against LU (numpy.linalg.slogdet)
+        np.testing.assert_allclose(G @ Gi, np.broadcast_to(np.eye(3), G.shape), atol=1e-11)
+        np.testing.assert_allclose(logvol, 0.5 * np.linalg.slogdet(G)[1], rtol=1e-12)
+        np.testing.assert_allclose(logdet_i, np.linalg.slogdet(Gi)[1], rtol=1e-12)
+        # log N(ρ; 0, G(z)) against scipy with the explicit covariance
+        ref = [scipy.stats.multivariate_normal(np.zeros(3), np.linalg.inv(g)).logpdf(r) for g, r in zip(Gi, rho)]
+        np.testing.assert_allclose(logp_rho, ref, rtol=1e-11)
+        # metric_fn (for aet.geometry): one point (d,) → (d, d), the same matrix
+        np.testing.assert_allclose(G_fn, G, rtol=1e-12)
+    # float32: still an inverse to single precision
+    v32 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), v)
+    Gi, G = _metric_parts(model, v32, jnp.asarray(z[2:], jnp.float32), jnp.asarray(rho[2:], jnp.float32))[:2]
+    np.testing.assert_allclose(np.asarray(G @ Gi), np.broadcast_to(np.eye(3), G.shape), atol=2e-4)
+
+
+def test_metric_network_and_update_metric_match_numpy(rng):
+    with jax.enable_x64(True):
+        model = tiny_model(**D3)
+        v, _ = f64_variables(model, rng)
+        xc = rng.standard_normal((5, 5))
+        new = jax.jit(rhvae.update_metric, static_argnums=0)(model, v, jnp.asarray(xc))
+        p = v["params"]
+        # encoder means and L = vec_to_ltri(exp(diag), lower) re-implemented in NumPy
+        h = np.tanh(np_dense(p["encoder"]["body"]["dense_0"], xc))
+        np.testing.assert_allclose(np.asarray(new["metric"]["centroids"]), np_dense(p["encoder"]["mu"], h), rtol=1e-12)
+        pm = p["metric_network"]
+        out = np_dense(pm["ltri"], np.tanh(np_dense(pm["body"]["dense_0"], xc)))
+        L = np.zeros((5, 3, 3))
+        L[:, range(3), range(3)] = np.exp(out[:, :3])
+        L[:, [1, 2, 2], [0, 0, 1]] = out[:, 3:]  # strict lower triangle, row by row
+        np.testing.assert_allclose(np.asarray(new["metric"]["M"]), L @ np.swapaxes(L, 1, 2), rtol=1e-12)
+        np.testing.assert_array_equal(np.asarray(new["metric"]["x"]), xc)
+        assert v["metric"]["x"].shape == (5, 5)  # init made the collection from n_centroids
+
+
+# --------------------------------------------------------------------------- Hamiltonian and leapfrog
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _step(model, v, x, z, rho, n, eps):
+    """The loss's leapfrog step (split H = V + K) → (z̄, ρ̄, ρ̃), and the same step
+    with the whole H passed as the kinetic part."""
+    V, K = rhvae._energies(model, v, x, rhvae.stored_metric(model, v))
+    grad_v = jax.grad(lambda a: jnp.sum(V(a)))
+    zb, rb, _, rt = rhvae._leapfrog_step(grad_v, K, z, rho, grad_v(z), eps, n)
+    H = functools.partial(rhvae.hamiltonian, model, v, x)
+    zb2, rb2 = rhvae.general_leapfrog(lambda a: jnp.zeros(a.shape[:-1], a.dtype), H, z, rho, eps, n)
+    # residuals of the two implicit equations, with ∇_z H by jax.grad of the full H and G⁻¹ from G_inv
+    r1 = rt - (rho - eps / 2 * jax.grad(lambda a: jnp.sum(H(a, rt)))(z))
+    Gi = lambda a: rhvae.G_inv(model, v, a)  # noqa: E731
+    r2 = zb - (z + eps / 2 * jnp.einsum("bij,bj->bi", Gi(z) + Gi(zb), rt))
+    return zb, rb, zb2, rb2, jnp.max(jnp.abs(r1)), jnp.max(jnp.abs(r2)), H(z, rho)
+
+
+def test_hamiltonian_and_leapfrog_match_numpy(rng):
+    with jax.enable_x64(True):
+        model = tiny_model()
+        v, x = f64_variables(model, rng)
+        z, rho = 0.5 * rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+        eps = 0.1  # large enough that every term of the step matters
+        zb, rb, zb2, rb2, _, _, H = map(np.asarray, _step(model, v, x, jnp.asarray(z), jnp.asarray(rho), 5, eps))
+        H_np = lambda a, b: np_hamiltonian(v, model, np.asarray(x), a, b)  # noqa: E731
+        np.testing.assert_allclose(H, H_np(z, rho), rtol=1e-12)
+        z_ref, rho_ref = np_general_leapfrog(H_np, z, rho, eps, 5)
+        assert np.max(np.abs(z_ref - z)) > 1e-2  # the step moves
+        # finite differences (h = 1e-5) limit the agreement to ~1e-9
+        np.testing.assert_allclose(zb, z_ref, atol=1e-8)
+        np.testing.assert_allclose(rb, rho_ref, atol=1e-8)
+        # the whole H passed as the "kinetic" part gives the same step
+        np.testing.assert_allclose(zb2, zb, atol=1e-13)
+        np.testing.assert_allclose(rb2, rb, atol=1e-13)
+
+
+def test_fixed_points_are_reached_and_the_step_is_reversible(rng):
+    with jax.enable_x64(True):
+        model = tiny_model()
+        v, x = f64_variables(model, rng)
+        z, rho = jnp.asarray(0.5 * rng.standard_normal((3, 2))), jnp.asarray(rng.standard_normal((3, 2)))
+        # defaults (ε = 1e-4, 5 iterations): both equations solved to rounding
+        r1, r2 = map(float, _step(model, v, x, z, rho, 5, 1e-4)[4:6])
+        assert r1 < 1e-13 and r2 < 1e-13, (r1, r2)
+        # a 1000× larger step still converges in 5 iterations (measured ~1e-8, ~1e-9)
+        r1, r2 = map(float, _step(model, v, x, z, rho, 5, 0.1)[4:6])
+        assert r1 < 1e-6 and r2 < 1e-6, (r1, r2)
+        # reversibility: step, flip the momentum, step again → back to (z, −ρ)
+        errs = {}
+        for n in (5, 30):
+            z1, r1_ = _step(model, v, x, z, rho, n, 0.1)[:2]
+            z2, r2_ = _step(model, v, x, z1, -r1_, n, 0.1)[:2]
+            errs[n] = max(float(jnp.max(jnp.abs(z2 - z))), float(jnp.max(jnp.abs(-r2_ - rho))))
+        assert errs[30] < 1e-12, errs  # exact implicit solves: reversible to rounding
+        assert errs[5] < 1e-6, errs  # 5 iterations at a large ε = 0.1 (measured ~1e-8)
+    # float32 at the defaults: residuals at single-precision rounding
+    v32, x32, z32, rho32 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), (v, x, z, rho))
+    r1, r2 = map(float, _step(model, v32, x32, z32, rho32, 5, 1e-4)[4:6])
+    assert r1 < 1e-6 and r2 < 1e-6, (r1, r2)
+
+
+def test_constant_metric_reduces_to_hvae_leapfrog(rng):
+    with jax.enable_x64(True):
+        for lam in (1.0, 0.25):
+            model = tiny_model(lam=lam)
+            zeros = (np.zeros((4, 2)), np.zeros((4, 2, 2)))  # M = 0: G⁻¹ = λI everywhere
+            v, x = f64_variables(model, rng, metric=zeros)
+            z, rho = jnp.asarray(rng.standard_normal((3, 2))), jnp.asarray(rng.standard_normal((3, 2)))
+            zb, rb = _step(model, v, x, z, rho, 5, 0.05)[:2]
+            # H = U(z) + λ/2‖ρ‖² + const: with ρ' = √λ ρ and ε' = √λ ε this is the
+            # identity-mass leapfrog of the HVAE
+            grad_u = lambda a: jax.grad(lambda b: jnp.sum(aet.hvae.potential_energy(model, v, x, b)))(a)  # noqa: E731
+            s = math.sqrt(lam)
+            zh, rh = jax.jit(aet.hvae.leapfrog, static_argnums=0)(grad_u, z, s * rho, s * 0.05)
+            np.testing.assert_allclose(np.asarray(zb), np.asarray(zh), rtol=1e-13, atol=1e-14)
+            np.testing.assert_allclose(np.asarray(rb), np.asarray(rh) / s, rtol=1e-13, atol=1e-14)
+
+
+# --------------------------------------------------------------------------- ELBO and loss
+
+
+def test_elbo_tends_to_the_vae_elbo_as_eps_vanishes(rng):
+    """With ε → 0 the flow is the identity up to tempering: z_K = z₀, ρ_K = √β₀ ρ₀ = γ,
+    so the exact ELBO is log p(x|z₀) + log p(z₀) − log q(z₀|x) (any error in the
+    momentum densities or the tempering Jacobian would leave an offset)."""
+    with jax.enable_x64(True):
+        model = tiny_model()
+        v, x = f64_variables(model, rng, batch=4)
+        ps = rhvae.phase_space(model, v, x, jax.random.key(3), eps=1e-10, beta0=0.3)
+        np.testing.assert_allclose(np.asarray(ps.zK), np.asarray(ps.z0), atol=1e-8)
+        np.testing.assert_allclose(np.asarray(ps.rhoK), np.asarray(ps.gamma), atol=1e-8)
+        # the reference, from the shared VAE pieces and float64 NumPy
+        enc = model.apply(v, x, method="encode")
+        z0 = np.asarray(ps.z0)
+        mu, logsig = np.asarray(enc.mu), np.asarray(enc.logsigma)
+        logq = np.sum(-0.5 * ((z0 - mu) / np.exp(logsig)) ** 2 - logsig - 0.5 * LOG_2PI, -1)
+        logprior = -0.5 * np.sum(z0**2 + LOG_2PI, -1)
+        loglik = np.asarray(aet.decoder_loglikelihood(model.decoder, x, model.apply(v, ps.z0, method="decode")))
+        np.testing.assert_allclose(np.asarray(ps.elbo), loglik + logprior - logq, atol=1e-7)
+        # the momentum terms cancel: log N(ρ_K; 0, G(z_K)) = log N(γ; 0, G(z₀)) when nothing moves
+        np.testing.assert_allclose(np.asarray(ps.logp_momentum), np.asarray(ps.logq_momentum), atol=1e-7)
+        np.testing.assert_allclose(np.asarray(rhvae.elbo(model, v, x, jax.random.key(3), eps=1e-10)),
+                                   np.asarray(ps.elbo), rtol=1e-12)
+
+
+def test_loss_check_grads_float64(rng):
+    with jax.enable_x64(True):
+        model = tiny_model()
+        v, x = f64_variables(model, rng, batch=4)
+        flat, unravel = ravel_pytree(v["params"])
+        key = jax.random.key(5)
+
+        def f(p):
+            return rhvae.loss(model, {**v, "params": unravel(p)}, x, key, eps=0.02)
+
+        value = f(flat)
+        assert value.dtype == jnp.float64 and np.isfinite(float(value))
+        check_grads(f, (flat,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
+
+
+def test_loss_vmap_jit_and_metric_sources(rng):
+    model = tiny_model()
+    x = jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32)  # 3 batches of 4
+    v = jax.jit(model.init)(jax.random.key(0), x[0])
+    keys = jax.random.split(jax.random.key(1), 3)
+    loss = functools.partial(rhvae.loss, model, eps=0.02)
+    eager = jnp.stack([loss(v, x[i], keys[i]) for i in range(3)])  # each call: the loss's own jit
+    assert eager.dtype == jnp.float32
+    batched = jax.jit(jax.vmap(lambda xb, k: loss(v, xb, k)))(x, keys)  # vmap inside an outer jit
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(eager), rtol=1e-5)
+    # when the stored centroid data is the batch itself, the Julia way ("centroids":
+    # recompute cᵢ, Mᵢ from the stored data inside the loss) and the paper's ("batch")
+    # build the same metric and give the same loss
+    v2 = rhvae.update_metric(model, v, x[0])
+    julia = loss(v2, x[0], keys[0], metric_source="centroids")
+    np.testing.assert_allclose(float(julia), float(eager[0]), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    train, _ = digits
+    enc = aet.JointGaussianLogEncoder(aet.MLP([32], final_activation=nn.relu), 2)
+    dec = aet.BernoulliDecoder(aet.MLP([32], final_activation=nn.relu), 64)
+    met = rhvae.MetricNetwork(aet.MLP([32], final_activation=nn.relu), 2)
+    model = aet.RHVAE(enc, dec, met, 32, 0.8, 1e-2)
+    loss = functools.partial(rhvae.loss, model, eps=0.01)
+    variables, history = aet.train.fit(model, loss, train, key=jax.random.key(0), epochs=5, batch_size=128,
+                                       optimizer=optax.adam(3e-3), progress=False)
+    return model, variables, history, train
+
+
+def test_fit_trains_and_learns_a_metric_that_grows_off_the_data(trained):
+    model, variables, history, train = trained
+    losses = history["train"]["loss"]
+    # measured: 45.9 → 30.4 over 5 epochs; require a 5-nat fall
+    assert losses[-1] < losses[0] - 5.0, losses
+    # the stored metric was recomputed from training points chosen by fit
+    xs = np.asarray(train.x)
+    xc = np.asarray(variables["metric"]["x"])
+    assert all(np.any(np.all(xs == row, axis=1)) for row in xc)
+    np.testing.assert_allclose(np.asarray(variables["metric"]["centroids"]),
+                               np.asarray(model.apply(variables, jnp.asarray(xc), method="encode").mu), rtol=1e-5)
+    mu = np.asarray(model.apply(variables, jnp.asarray(xs), method="encode").mu)
+    logvol_data = np.asarray(rhvae.log_volume(model, variables, jnp.asarray(mu)))
+    # points 4 standard deviations beyond the codes' range, on a ring around them
+    centre, sd = mu.mean(0), mu.std(0)
+    radius = np.max(np.linalg.norm((mu - centre) / sd, axis=1)) + 4.0
+    ang = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    far = centre + radius * sd * np.stack([np.cos(ang), np.sin(ang)], 1)
+    logvol_far = np.asarray(rhvae.log_volume(model, variables, jnp.asarray(far, jnp.float32)))
+    assert np.all(logvol_far <= math.log(100.0) + 1e-4)  # G ≥ I/λ nowhere: √det G ≤ 1/λ = 100
+    ratio = np.exp(np.min(logvol_far) - np.median(logvol_data))
+    # measured: min over the ring of √det G / median over the data ≈ 15; require 5
+    assert ratio > 5.0, ratio
+
+
+def test_samples_lie_where_the_learned_volume_is_small(trained):
+    model, variables, _, train = trained
+    s = aet.sample(model, variables, jax.random.key(4), 128)
+    assert s.z.shape == (128, 2) and s.x.shape == (128, 64)
+    assert np.all(np.isfinite(np.asarray(s.z)))
+    mu = model.apply(variables, jnp.asarray(train.x), method="encode").mu
+    lv_samples = np.asarray(rhvae.log_volume(model, variables, s.z))
+    lv_data = np.asarray(rhvae.log_volume(model, variables, mu))
+    # measured: median log √det G at the samples ≈ , at the data ≈ , far away log 100 = 4.6
+    assert np.median(lv_samples) < np.median(lv_data) + 1.0
+    assert np.quantile(lv_samples, 0.9) < math.log(100.0) - 1.0
+
+
+def test_sampler_matches_closed_form_for_one_centroid():
+    """One centroid c with M = m·I and λ = 0: √det G⁻¹(z) = m^{d/2} exp(−d‖z − c‖²/(2T²)),
+    so the sampler's target is N(c, (T²/d)·I)."""
+    d, T = 2, 0.6
+    model = aet.RHVAE(aet.JointGaussianLogEncoder(aet.MLP([4]), d), aet.BernoulliDecoder(aet.MLP([4]), 3),
+                      rhvae.MetricNetwork(aet.MLP([4]), d), 1, T, 0.0)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+    c = jnp.array([[0.5, -1.0]])
+    v["metric"] = {**v["metric"], "centroids": c, "M": 3.0 * jnp.eye(d)[None]}
+    z = np.asarray(aet.sample(model, v, jax.random.key(1), 2000, n_steps=60).z)
+    sd = T / math.sqrt(d)
+    # Monte-Carlo tolerances: 5 standard errors of the mean and of the variance
+    np.testing.assert_allclose(z.mean(0), np.asarray(c[0]), atol=5 * sd / math.sqrt(2000))
+    np.testing.assert_allclose(z.var(0), sd**2, rtol=5 * math.sqrt(2 / 2000))
+
+
+# --------------------------------------------------------------------------- compiled structure
+
+
+def test_train_step_is_one_xla_computation_without_host_callbacks():
+    enc = aet.JointGaussianLogEncoder(aet.MLP([32], final_activation=nn.relu), 2)
+    dec = aet.BernoulliDecoder(aet.MLP([32], final_activation=nn.relu), 64)
+    model = aet.RHVAE(enc, dec, rhvae.MetricNetwork(aet.MLP([32], final_activation=nn.relu), 2), 32, 0.8, 1e-2)
+    x = jnp.zeros((128, 64))
+    v = model.init(jax.random.key(0), x)
+    step = aet.train.make_step(functools.partial(rhvae.loss, model, K=3, n_fixed_point=5), optax.adam(1e-3))
+    state = aet.train.init_state(v, optax.adam(1e-3))
+    text = step.lower(state, x, jax.random.key(1)).as_text()
+    assert text.count("func.func public @main") == 1
+    assert "callback" not in text.lower()
+    targets = set(__import__("re").findall(r'custom_call @([\w.]+)|call_target_name = "([\w.]+)"', text))
+    names = {a or b for a, b in targets}
+    assert all("lapack" in n or "cholesky" in n or "trsm" in n or "Sharding" in n for n in names), names
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_raises_value_error_naming_the_argument(rng):
+    enc = aet.JointGaussianLogEncoder(aet.MLP([4]), 2)
+    dec = aet.BernoulliDecoder(aet.MLP([4]), 5)
+    met = rhvae.MetricNetwork(aet.MLP([4]), 2)
+    for kw, name in [(dict(T=0.0), "T"), (dict(T=-1.0), "T"), (dict(lam=-0.1), "lam")]:
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            aet.RHVAE(enc, dec, met, 4, **kw)
+    with pytest.raises(ValueError, match="n_centroids"):
+        aet.RHVAE(enc, dec, met, 0)
+    model = aet.RHVAE(enc, dec, met, 4)
+    x = jnp.asarray(rng.uniform(size=(3, 5)), jnp.float32)
+    v = model.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="n_centroids"):  # 4 centroids from 3 points
+        rhvae.update_metric(model, v, x)
+    trainer = aet.train.make_trainer(model, functools.partial(rhvae.loss, model), optax.adam(1e-3))
+    with pytest.raises(ValueError, match="n_centroids"):  # what fit runs after each epoch
+        trainer.end_epoch(trainer.init(v), x)
+    key = jax.random.key(1)
+    for kw, name in [(dict(K=0), "K"), (dict(eps=0.0), "eps"), (dict(eps=-1e-3), "eps"),
+                     (dict(beta0=0.0), "beta0"), (dict(beta0=1.5), "beta0"), (dict(n_fixed_point=0), "n_fixed_point")]:
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            rhvae.loss(model, v, x, key, **kw)
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            rhvae.elbo(model, v, x, key, **kw)
