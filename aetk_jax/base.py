@@ -56,7 +56,9 @@ def data_shape(model: nn.Module) -> tuple[int, ...] | None:
     shape = getattr(model.decoder, "output_shape", None)
     if shape is None:
         return None
-    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    n_categories = getattr(model.decoder, "n_categories", None)  # one-hot data: (*shape, k)
+    return shape + (int(n_categories),) if n_categories is not None else shape
 
 
 _NO_KEY = object()

@@ -88,7 +88,7 @@ def build(
         model = mmdvae.MMDVAE(enc, dec)
         return Recipe(name, model, functools.partial(mmdvae.loss, model, **hp), hp)
     if name == "infomaxvae":
-        critic = infomaxvae.MutualInfoNetwork(MLP((hidden[0], hidden[0], 1)))
+        critic = infomaxvae.MutualInfoNetwork(_body((hidden[0], hidden[0])))
         model = infomaxvae.InfoMaxVAE(enc, dec, critic)
         return Recipe(name, model, functools.partial(infomaxvae.loss, model, **hp), hp)
     if name == "hvae":

@@ -321,8 +321,13 @@ def hamiltonian_terms(
     z₀ = ``encoder_sample(model.encoder, enc_out, z_key)`` and
     γ = ``jax.random.normal(rho_key, z0.shape, z0.dtype)``, ρ₀ = γ/√β₀. Then K
     tempered leapfrog steps with ``potential_grad(model, variables, x, z) ->
-    (batch, d)`` (default: the exact ∇U) give (z_K, ρ_K). Returns a
-    ``HamiltonianTerms``; ``.elbo`` is the per-example estimate ``(batch,)``.
+    (batch, d)`` (default: the exact ∇U) give (z_K, ρ_K); the chain costs K + 1
+    gradient evaluations (each step reuses the previous end-point gradient).
+    Returns a ``HamiltonianTerms``; ``.elbo`` is the per-example estimate ``(batch,)``.
+
+    ``K``, ``tempering`` and ``potential_grad`` are static arguments of the
+    compiled function (pass the same function objects each call to reuse the
+    compilation); ``eps`` and ``beta0`` are traced, so they may be learned.
     """
     _check_call(model, x, key, K, eps, beta0, tempering, potential_grad)
     return _terms_jit(model, variables, x, key, eps, beta0, K=K, tempering=tempering, potential_grad=potential_grad)

@@ -143,8 +143,10 @@ def loss(
 
     One reparameterised code per example, drawn with ``key`` exactly as
     ``aet.vae.loss`` does (so α = 0 gives ``aet.vae.loss(..., beta=beta)``); the
-    shuffle uses a key folded from ``key``. The critic's parameters are
-    ``stop_gradient``-ed: this loss never trains the critic. α, β ≥ 0.
+    shuffle uses ``jax.random.fold_in(key, 1)``. The critic's parameters are
+    ``stop_gradient``-ed: this loss never trains the critic (the gradient of Î
+    still reaches the encoder, through both the paired and the shuffled codes).
+    α, β ≥ 0 (``ValueError`` otherwise); the batch needs ≥ 2 examples.
 
     With ``aux=True`` returns ``(loss, {"loss", "loglikelihood", "kl", "mi", "elbo"})``.
     """
@@ -166,9 +168,10 @@ def loss(
 def mi_loss(model: InfoMaxVAE, variables: Variables, x: jax.Array, key: jax.Array, *, aux: bool = False) -> Any:
     """Critic loss −Î(x; z), a scalar.
 
-    Codes z ~ q(z|x) (one per example, ``key`` as in ``loss``) and their
-    shuffle are ``stop_gradient``-ed, so only the critic receives gradient (the
-    decoder is not evaluated). With ``aux=True`` returns ``(loss, {"loss", "mi"})``.
+    Codes z ~ q(z|x) (one per example) and their shuffle are drawn exactly as in
+    ``loss`` with the same ``key``, and ``stop_gradient``-ed, so only the critic
+    receives gradient (the decoder is not evaluated). With ``aux=True`` returns
+    ``(loss, {"loss", "mi"})``.
     """
     check_inputs(model, x, key)
     _check_batch(x)
@@ -220,9 +223,11 @@ def make_step(
 ) -> Callable[[train.TrainState, jax.Array, jax.Array], tuple[train.TrainState, train.Metrics]]:
     """One InfoMax-VAE step, ``step(state, batch, key) -> (state, metrics)``, one XLA computation.
 
-    1. gradient of ``loss_fn(variables, x, key)`` w.r.t. the encoder/decoder
+    ``key`` is split into ``(key_vae, key_mi)``; then
+
+    1. gradient of ``loss_fn(variables, x, key_vae)`` w.r.t. the encoder/decoder
        parameters only, update with the VAE optimizer;
-    2. gradient of ``mi_loss_fn(variables, x, key)`` (e.g. ``partial(mi_loss,
+    2. gradient of ``mi_loss_fn(variables, x, key_mi)`` (e.g. ``partial(mi_loss,
        model)``) w.r.t. the critic's parameters only, at the updated
        encoder/decoder, update with the critic's optimizer.
 

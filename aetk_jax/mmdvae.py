@@ -23,6 +23,7 @@ as in AutoEncoderToolkit.jl; pass e.g. ``lam=100.0`` to switch the MMD term on.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -114,6 +115,14 @@ def check_weights(lam: Any, alpha: Any) -> None:
         )
 
 
+def _check_kernel(kernel: Any) -> None:
+    """Up-front checks of ``kernel``: callable; a bound ``rho`` of ``gaussian_kernel`` > 0."""
+    if not callable(kernel):
+        raise TypeError(f"`kernel` must be a callable kernel(x, y) -> Gram matrix, got {type(kernel).__name__}")
+    if isinstance(kernel, functools.partial) and kernel.func is gaussian_kernel and "rho" in kernel.keywords:
+        check_scalar(kernel.keywords["rho"], "rho", positive=True)
+
+
 def prior_samples(key: jax.Array, n: int, d: int, dtype: Any = None) -> jax.Array:
     """``n`` draws from p(z) = N(0, I_d), ``(n, d)``, from the loss key's prior stream."""
     return jax.random.normal(jax.random.fold_in(key, _PRIOR_STREAM), (n, d), dtype or jnp.result_type(float))
@@ -157,6 +166,7 @@ def loss(
     check_weights(lam, alpha)
     check_int(n_latent_samples, "n_latent_samples", minimum=2)
     check_int(n_samples, "n_samples", minimum=1)
+    _check_kernel(kernel)
     if unbiased and x.shape[0] * n_samples < 2:
         raise ValueError("the unbiased MMD needs at least 2 codes: use a batch of >= 2 examples (`x`)")
     t = elbo_terms(model, variables, x, key, n_samples)
@@ -188,6 +198,7 @@ def logp_mmd_ratio(
     """
     check_inputs(model, x, key)
     check_int(n_latent_samples, "n_latent_samples", minimum=2)
+    _check_kernel(kernel)
     if unbiased and x.shape[0] < 2:
         raise ValueError("the unbiased MMD needs a batch of >= 2 examples (`x`)")
     t = elbo_terms(model, variables, x, key, 1)

@@ -181,7 +181,7 @@ def make_step(
         params = optax.apply_updates(state.params, updates)
         new = TrainState(params, opt_state, state.step + 1, state.collections)
         ok = jnp.isfinite(metrics["loss"]) & all_finite(grads)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "finite": ok.astype(jnp.float32)}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "finite": ok.astype(jnp.float32)}
         if guard:
             new = guarded(new, state, ok)
         return new, metrics

@@ -176,3 +176,53 @@ def _kmedoids_index_jit(x: jax.Array, k: int, key: jax.Array, n_iter: int) -> ja
 
     med = jax.lax.fori_loop(0, n_iter, step, med)
     return med
+
+
+def locality_sampler(
+    x: jax.Array,
+    key: jax.Array,
+    n_primary: int,
+    n_secondary: int,
+    k_neighbors: int,
+    *,
+    index: bool = False,
+) -> jax.Array:
+    """A mini-batch of neighbourhoods (Skafte, Jørgensen & Hauberg 2019).
+
+    Draws ``n_primary`` points of ``x`` ``(n, *data_shape)`` uniformly without
+    replacement; for each, draws ``n_secondary`` of its ``k_neighbors`` nearest
+    points (Euclidean, the point itself included, as a k-d tree query returns
+    it) without replacement. Returns the primary points followed by the
+    secondary ones, ``(n_primary·(1 + n_secondary), *data_shape)``, or their
+    indices with ``index=True``. Brute-force distances from the primaries,
+    ``(n_primary, n)``, replace the Julia package's k-d tree. Pure JAX; jit-able
+    with the counts and ``index`` static.
+    """
+    from .validation import check_array, check_key
+
+    check_array(x, "x", min_ndim=2)
+    check_key(key)
+    check_int(n_primary, "n_primary", minimum=1)
+    check_int(n_secondary, "n_secondary", minimum=0)
+    check_int(k_neighbors, "k_neighbors", minimum=1)
+    n = x.shape[0]
+    if n_primary > n:
+        raise ValueError(f"`n_primary` ({n_primary}) is larger than the number of data points ({n})")
+    if k_neighbors > n:
+        raise ValueError(f"`k_neighbors` ({k_neighbors}) is larger than the number of data points ({n})")
+    if n_secondary > k_neighbors:
+        raise ValueError(f"`n_secondary` ({n_secondary}) must be <= `k_neighbors` ({k_neighbors})")
+    idx = _locality_index(x, key, n_primary, n_secondary, k_neighbors)
+    return idx if index else x[idx]
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _locality_index(x: jax.Array, key: jax.Array, n_primary: int, n_secondary: int, k: int) -> jax.Array:
+    xf = _flat(x)
+    k_p, k_s = jax.random.split(key)
+    primary = jax.random.choice(k_p, xf.shape[0], (n_primary,), replace=False)
+    _, neigh = jax.lax.top_k(-_sq_dists(xf[primary], xf), k)  # (n_primary, k) nearest first
+    # n_secondary of the k neighbours without replacement: the first entries of a random permutation
+    pick = jax.vmap(lambda kk: jax.random.permutation(kk, k)[:n_secondary])(jax.random.split(k_s, n_primary))
+    secondary = jnp.take_along_axis(neigh, pick, axis=1).reshape(-1)
+    return jnp.concatenate([primary, secondary]).astype(jnp.int32)

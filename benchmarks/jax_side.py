@@ -93,7 +93,7 @@ def build(s: Setting, **hyper_override: Any) -> tuple[nn.Module, Callable[..., A
 
 def init_variables(model: nn.Module, s: Setting, x: np.ndarray, key: jax.Array) -> Any:
     """``model.init`` on one batch; an RHVAE also gets its metric from the first ``n_centroids`` examples."""
-    variables = model.init(key, jnp.asarray(x[: s.batch_size]))
+    variables = jax.jit(model.init)(key, jnp.asarray(x[: s.batch_size]))  # one compile, not one per op
     if s.model == "rhvae" and hasattr(aet.rhvae, "update_metric"):
         xc = jnp.asarray(x[: s.centroids]) if len(x) >= s.centroids else jnp.asarray(np.resize(x, (s.centroids, x.shape[1])))
         variables = aet.rhvae.update_metric(model, variables, xc)

@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -277,7 +278,7 @@ def main(argv=None) -> None:
         "load_start": load_start,
         "load_end": [round(v, 2) for v in os.getloadavg()],
         "note": (NOTE_CPU + " " if args.platform == "cpu" else "") + busy + args.note,
-        "command": " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
+        "command": shlex.join(["python", os.path.relpath(__file__, ROOT)] + list(argv if argv is not None else sys.argv[1:])),
         "settings": {k: getattr(args, k) for k in ("devices", "batch_sizes", "models", "hidden", "steps", "warmup",
                                                     "platform")},
         "device_names": devices,

@@ -83,3 +83,19 @@ def test_centroids_bad_input():
         aet.utils.centroids_kmedoids(x, 0, jax.random.key(0))
     with pytest.raises(ValueError, match="n_iter"):
         aet.utils.centroids_kmeans(x, 2, jax.random.key(0), n_iter=-1)
+
+
+def test_locality_sampler_draws_true_nearest_neighbours(rng):
+    x = rng.standard_normal((60, 3)).astype(np.float32)
+    idx = np.asarray(aet.utils.locality_sampler(jnp.asarray(x), jax.random.key(0), 5, 3, 6, index=True))
+    assert idx.shape == (5 + 5 * 3,)
+    primary, secondary = idx[:5], idx[5:].reshape(5, 3)
+    assert len(set(primary.tolist())) == 5  # without replacement
+    d = np.linalg.norm(x[:, None].astype(np.float64) - x[None], axis=-1)
+    for p, sec in zip(primary, secondary):
+        knn = set(np.argsort(d[p])[:6].tolist())  # brute-force 6 nearest (the point itself included)
+        assert set(sec.tolist()) <= knn and len(set(sec.tolist())) == 3
+    pts = np.asarray(aet.utils.locality_sampler(jnp.asarray(x), jax.random.key(0), 5, 3, 6))
+    np.testing.assert_array_equal(pts, x[idx])
+    with pytest.raises(ValueError, match="n_secondary"):
+        aet.utils.locality_sampler(jnp.asarray(x), jax.random.key(0), 5, 7, 6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import shutil
 import warnings
 
 import jax
@@ -33,12 +34,26 @@ def small(digits):
     return aet.VAE(*small_vae_parts(hidden=16)), train.x[:128]  # 4 batches per epoch
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(small, tmp_path):
+@pytest.fixture(scope="module")
+def two_epochs(small, tmp_path_factory):
+    """A run of 2 epochs with checkpoints (ckpt_000000, ckpt_000001); tests work on copies."""
     model, x = small
-    d = str(tmp_path / "run")
-    v_full, h_full = _fit(model, x, epochs=4)
-    v_half, h_half = _fit(model, x, epochs=2, checkpoint_dir=d)
+    d = str(tmp_path_factory.mktemp("two_epochs"))
+    variables, history = _fit(model, x, epochs=2, checkpoint_dir=d)
+    return d, variables, history
+
+
+def _copy(src: str, dst) -> str:
+    shutil.copytree(src, str(dst))
+    return str(dst)
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(small, two_epochs, tmp_path):
+    model, x = small
+    src, v_half, h_half = two_epochs
+    d = _copy(src, tmp_path / "run")
     assert [os.path.basename(p) for p in ckpt.list_checkpoints(d)] == ["ckpt_000000.msgpack", "ckpt_000001.msgpack"]
+    v_full, h_full = _fit(model, x, epochs=4)
     assert not _leaves_equal(v_half, v_full)
     v_res, h_res = _fit(model, x, epochs=4, checkpoint_dir=d, resume=True)
     assert _leaves_equal(v_res, v_full)  # np.array_equal on every leaf
@@ -52,16 +67,15 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(small, tmp_path):
     assert _leaves_equal(v_again, v_full) and h_again["epoch"] == [0, 1, 2, 3]
 
 
-def test_checkpoint_of_another_configuration_is_refused(small, tmp_path):
-    model, x = small
-    d = str(tmp_path / "run")
-    _fit(model, x, epochs=1, checkpoint_dir=d)
+def test_checkpoint_of_another_configuration_is_refused(small, two_epochs, tmp_path):
+    _, x = small
+    d = _copy(two_epochs[0], tmp_path / "run")
     wider = aet.VAE(*small_vae_parts(hidden=24))
     with pytest.raises(ValueError) as info:
-        _fit(wider, x, epochs=2, checkpoint_dir=d, resume=True)
+        _fit(wider, x, epochs=3, checkpoint_dir=d, resume=True)
     msg = str(info.value)
     assert "different model configuration" in msg
-    assert "ckpt_000000.msgpack" in msg
+    assert "ckpt_000001.msgpack" in msg
     # it names a parameter whose shape differs, with both shapes (16 stored, 24 wanted)
     assert "dense_0" in msg and "16" in msg and "24" in msg
 
@@ -134,11 +148,10 @@ class _Evil:
         return (open, (self.marker, "w"))
 
 
-def test_checkpoints_are_not_pickles_and_loading_runs_no_code(small, tmp_path):
+def test_checkpoints_are_not_pickles_and_loading_runs_no_code(small, two_epochs, tmp_path):
     model, x = small
-    d = str(tmp_path / "run")
-    _fit(model, x, epochs=1, checkpoint_dir=d)
-    path = ckpt.list_checkpoints(d)[0]
+    d = _copy(two_epochs[0], tmp_path / "run")
+    path = ckpt.list_checkpoints(d)[-1]
     blob = open(path, "rb").read()
     assert blob.startswith(ckpt.MAGIC)
     with pytest.raises(Exception):
@@ -155,8 +168,9 @@ def test_checkpoints_are_not_pickles_and_loading_runs_no_code(small, tmp_path):
             ckpt.read_raw(p)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        v, h = _fit(model, x, epochs=1, checkpoint_dir=d, resume=True)
+        v, h = _fit(model, x, epochs=2, checkpoint_dir=d, resume=True)
     assert not marker.exists()
     skipped = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert any("ckpt_000009" in m for m in skipped) and any("ckpt_000008" in m for m in skipped)
-    assert h["epoch"] == [0]  # resumed from the genuine epoch-0 checkpoint: nothing left to train
+    # resumed from the genuine epoch-1 checkpoint: nothing left to train, same parameters
+    assert h["epoch"] == [0, 1] and _leaves_equal(v, two_epochs[1])

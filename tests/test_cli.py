@@ -18,7 +18,7 @@ import pytest
 from aetk_jax import checkpoint as ckpt
 from aetk_jax import cli
 
-TINY = ["--hidden", "16", "--no-progress"]
+TINY = ["--hidden", "16", "--lr", "0.01", "--no-progress"]
 PLOTS = ["loss.png", "latent.png", "reconstructions.png", "samples.png"]
 LOG2 = math.log(2.0)
 
@@ -53,6 +53,7 @@ def test_train_writes_the_run_folder(vae_run):
         assert os.path.getsize(os.path.join(vae_run, name)) > 2000
     cfg = _json(os.path.join(vae_run, "config.json"))
     assert cfg["model"] == "vae" and cfg["epochs"] == 2 and cfg["hidden"] == [16] and cfg["latent_dim"] == 2
+    assert cfg["lr"] == 0.01 and cfg["batch_size"] == 64 and cfg["seed"] == 0
     assert cfg["data"] == "digits" and cfg["decoder"] == "bernoulli" and cfg["hyper"] == {"beta": 1.0}
     # one checkpoint per epoch; 1438 training digits in batches of 64: 22 updates per epoch
     names = [os.path.basename(p) for p in ckpt.list_checkpoints(os.path.join(vae_run, "checkpoints"))]
@@ -70,10 +71,10 @@ def test_train_writes_the_run_folder(vae_run):
         assert math.isfinite(res[k])
     assert res["plots"] == PLOTS
     # a reference number: predicting p = 1/2 for every pixel scores −64·log 2 = −44.4 nats;
-    # two epochs already beat it (measured ELBO ≈ −33.4, log-likelihood ≈ −31.7)
-    assert res["val_elbo"] > -64 * LOG2
+    # two epochs already beat it by far (measured ELBO −29.1, log-likelihood −28.4)
+    assert res["val_elbo"] > -64 * LOG2 + 5.0
     # log p(x) ≥ ELBO (256 importance samples vs the 1-sample ELBO, both averaged over 359
-    # held-out digits; measured gap ≈ 1.7 nats)
+    # held-out digits; measured gap 0.67 nats)
     assert res["val_loglikelihood"] >= res["val_elbo"] - 0.05
     # the ELBO of results.json and the last validation ELBO of the history estimate the same
     # quantity with different draws (measured difference < 0.1 nats)
@@ -114,11 +115,12 @@ def test_resume_continues_to_the_requested_epochs(vae_run, tmp_path, capsys):
     raw = ckpt.read_raw(ckpt.path_for(os.path.join(run, "checkpoints"), 2))
     assert int(raw["state"]["step"]) == 3 * (1438 // 64)
     assert _json(os.path.join(run, "config.json"))["epochs"] == 3
-    # the older form, `--resume --out DIR`, with no --epochs: the run's own total (3), nothing to do
-    status, _, err = run_main(capsys, ["train", "--resume", "--out", run, "--no-progress", "--no-plots"])
-    assert status == 0, err
-    assert _json(os.path.join(run, "history.json"))["epoch"] == [0, 1, 2]
-    assert len(ckpt.list_checkpoints(os.path.join(run, "checkpoints"))) == 3
+    # the older form, `--resume --out DIR`, with no --epochs: the run's configuration and total
+    out, cfg = cli.resolve_config(cli._parser().parse_args(["train", "--resume", "--out", run]))
+    assert out == run and cfg["epochs"] == 3 and cfg["hidden"] == [16] and cfg["lr"] == 0.01
+    # without --resume the command-line defaults apply
+    out, cfg = cli.resolve_config(cli._parser().parse_args(["train", "--out", run]))
+    assert cfg["hidden"] == [128, 128] and cfg["epochs"] == cli.DEFAULT_EPOCHS["vae"]
     # --resume DIR and a different --out are contradictory
     status, _, err = run_main(capsys, ["train", "--resume", run, "--out", str(tmp_path / "other")])
     assert status == 2 and len(err) == 1 and "different folders" in err[0]
@@ -131,16 +133,16 @@ def test_user_npz_and_csv_data(tmp_path, capsys):
     npz = tmp_path / "mine.npz"
     np.savez(npz, x=x, y=y)
     out = str(tmp_path / "npz_run")
-    status, _, err = run_main(capsys, ["train", "--data", str(npz), "--epochs", "1", "--batch-size", "16",
-                                       "--hidden", "8", "--out", out, "--no-progress"])
+    status, _, err = run_main(capsys, ["train", "--data", str(npz), "--model", "ae", "--epochs", "1",
+                                       "--batch-size", "16", "--hidden", "8", "--out", out, "--no-progress",
+                                       "--no-plots"])
     assert status == 0, err
     res = _json(os.path.join(out, "results.json"))
-    assert math.isfinite(res["val_elbo"]) and math.isfinite(res["val_loglikelihood"])
-    assert res["plots"] == PLOTS
+    assert math.isfinite(res["val_mse"]) and 0.0 <= res["val_mse"] < 1.0
     raw = ckpt.read_raw(ckpt.path_for(os.path.join(out, "checkpoints"), 0))
     # 60 examples, 12 held out: 48 // 16 = 3 updates; a decoder with 12 outputs
     assert int(raw["state"]["step"]) == 3
-    assert np.shape(raw["state"]["params"]["decoder"]["logits"]["kernel"]) == (8, 12)
+    assert np.shape(raw["state"]["params"]["decoder"]["out"]["kernel"]) == (8, 12)
 
     csv = tmp_path / "mine.csv"
     rows = rng.uniform(size=(40, 5))

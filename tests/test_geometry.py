@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 from scipy import integrate
 
 import aetk_jax as aet
@@ -88,9 +89,9 @@ def test_pullback_metric_nonlinear_matches_finite_differences():
             z = jnp.asarray(np.random.default_rng(2).normal(size=d))
             J = central_jacobian(f, z)
             G_ref = J.T @ J
-            for mode in ("fwd", "rev", "auto"):
-                G = np.asarray(jax.jit(lambda z: geo.pullback_metric(f, z, mode=mode))(z))
-                np.testing.assert_allclose(G, G_ref, rtol=1e-7, atol=1e-9)
+            Gs = jax.jit(lambda z: [geo.pullback_metric(f, z, mode=m) for m in ("fwd", "rev", "auto")])(z)
+            for G in Gs:
+                np.testing.assert_allclose(np.asarray(G), G_ref, rtol=1e-7, atol=1e-9)
             # batches by vmap
             Z = jnp.asarray(np.random.default_rng(3).normal(size=(4, d)))
             Gb = jax.jit(jax.vmap(lambda z: geo.pullback_metric(f, z)))(Z)
@@ -115,37 +116,30 @@ def test_expected_pullback_metric_of_gaussian_decoder():
         assert np.linalg.eigvalsh(Js.T @ Js).max() > 1e-2
 
 
-def _decoder_model(kind):
+def test_decoder_metric_fn_matches_finite_differences():
+    """The expected metric of log-σ and σ Gaussian decoders and JᵀJ of a Bernoulli decoder's
+    probabilities, against central differences of the decoder outputs (float64)."""
     body = aet.MLP([8], activation=nn.tanh, final_activation=nn.tanh)
-    dec = {
-        "gaussian_log": aet.JointGaussianLogDecoder(body, 5),
-        "gaussian": aet.JointGaussianDecoder(body, 5),
-        "bernoulli": aet.BernoulliDecoder(body, 5),
-    }[kind]
+    decoders = [aet.JointGaussianLogDecoder(body, 5), aet.JointGaussianDecoder(body, 5), aet.BernoulliDecoder(body, 5)]
     enc = aet.JointGaussianLogEncoder(aet.MLP([8], final_activation=nn.tanh), 2)
-    model = aet.VAE(enc, dec)
-    variables = model.init(jax.random.key(7), jnp.ones((1, 5)))
-    return model, variables
-
-
-@pytest.mark.parametrize("kind", ["gaussian_log", "gaussian", "bernoulli"])
-def test_decoder_metric_fn_matches_finite_differences(kind):
-    model, variables = _decoder_model(kind)
+    models = [aet.VAE(enc, dec) for dec in decoders]
+    variables = jax.jit(lambda k: [m.init(k, jnp.ones((1, 5))) for m in models])(jax.random.key(7))
     with jax.enable_x64(True):
         z = jnp.asarray([0.4, -1.1])
+        Gs = jax.jit(lambda z: [geo.decoder_metric_fn(m, v)(z) for m, v in zip(models, variables)])(z)
 
-        def out(z):
-            return model.apply(variables, z[None], method="decode")
+        def outputs(z):  # the quantities whose Jacobians enter each metric, concatenated
+            o = [m.apply(v, z[None], method="decode") for m, v in zip(models, variables)]
+            return jnp.concatenate(
+                [o[0].mu[0], jnp.exp(o[0].logsigma[0]), o[1].mu[0], o[1].sigma[0], jax.nn.sigmoid(o[2].logits[0])]
+            )
 
-        if kind == "gaussian_log":
-            parts = [lambda z: out(z).mu[0], lambda z: jnp.exp(out(z).logsigma[0])]
-        elif kind == "gaussian":
-            parts = [lambda z: out(z).mu[0], lambda z: out(z).sigma[0]]
-        else:
-            parts = [lambda z: jax.nn.sigmoid(out(z).logits[0])]
-        G_ref = sum(J.T @ J for J in (central_jacobian(f, z) for f in parts))
-        G = np.asarray(jax.jit(geo.decoder_metric_fn(model, variables))(z))
-        np.testing.assert_allclose(G, G_ref, rtol=1e-6, atol=1e-9)
+        J = central_jacobian(outputs, z)
+        refs = [J[:10].T @ J[:10], J[10:20].T @ J[10:20], J[20:].T @ J[20:]]
+        for G, G_ref in zip(Gs, refs):
+            np.testing.assert_allclose(np.asarray(G), G_ref, rtol=1e-6, atol=1e-9)
+        # the σ terms matter: without them the Gaussian metrics differ
+        assert np.abs(refs[0] - J[:5].T @ J[:5]).max() > 1e-3
 
 
 # ----------------------------------------------------------------------------- curves
@@ -153,6 +147,19 @@ def test_decoder_metric_fn_matches_finite_differences(kind):
 
 def parabola(p, t):
     return p["a"] + p["b"] * t[:, None] + p["c"] * t[:, None] ** 2
+
+
+def _random_params(module, t, seed, scale, replace=False):
+    """Parameters of ``module`` perturbed (or replaced) by N(0, scale²) noise, in one jitted call."""
+
+    @jax.jit
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        flat, unravel = ravel_pytree(module.init(k1, t))
+        noise = scale * jax.random.normal(k2, flat.shape, flat.dtype)
+        return unravel(noise if replace else flat + noise)
+
+    return make(jax.random.key(seed))
 
 
 def test_curve_velocity_of_a_parabola_is_exact():
@@ -170,8 +177,7 @@ def test_neural_geodesic_velocity_matches_finite_differences():
         z0, z1 = jnp.asarray([0.0, 1.0]), jnp.asarray([2.0, -1.0])
         m = geo.NeuralGeodesic((8, 8), z0, z1)
         t = jnp.linspace(0.05, 0.95, 7)
-        p = m.init(jax.random.key(0), t)
-        p = jax.tree_util.tree_map(lambda a: a + 0.5 * jax.random.normal(jax.random.key(1), a.shape, a.dtype), p)
+        p = _random_params(m, t, 0, 0.5)
         h = 1e-6
         apply = jax.jit(m.apply)
         ref = (np.asarray(apply(p, t + h)) - np.asarray(apply(p, t - h))) / (2 * h)
@@ -183,20 +189,15 @@ def test_neural_geodesic_end_points_are_exact_for_random_params():
     z0, z1 = jnp.asarray([-1.3, 0.7, 2.0]), jnp.asarray([0.4, -2.2, 1.1])
     m = geo.NeuralGeodesic((16, 16), z0, z1)
     t = jnp.linspace(0.0, 1.0, 20)
-    apply = jax.jit(m.apply)
-    init = jax.jit(m.init)
+    apply = jax.jit(lambda p: (m.apply(p, t), m.apply(p, jnp.asarray(0.0)), m.apply(p, jnp.asarray(1.0))))
+    a, b, tn = np.asarray(z0), np.asarray(z1), np.asarray(t)[:, None]
     for seed in range(3):
-        p = init(jax.random.key(seed), t)
         # large random parameters: g(0), g(1) far from zero and from each other
-        leaves, tree = jax.tree_util.tree_flatten(p)
-        keys = jax.random.split(jax.random.key(10 + seed), len(leaves))
-        p = jax.tree_util.tree_unflatten(tree, [3.0 * jax.random.normal(k, a.shape) for k, a in zip(keys, leaves)])
-        c = apply(p, t)
-        assert c.shape == (20, 3)
-        assert float(jnp.abs(c[1:-1] - ((1 - t[1:-1, None]) * z0 + t[1:-1, None] * z1)).max()) > 0.1
-        np.testing.assert_allclose(np.asarray(c[0]), np.asarray(z0), rtol=0, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(c[-1]), np.asarray(z1), rtol=0, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(m.apply(p, jnp.asarray(1.0))), np.asarray(z1), atol=1e-6)
+        c, c_0, c_1 = (np.asarray(v) for v in apply(_random_params(m, t, seed, 3.0, replace=True)))
+        assert c.shape == (20, 3) and c_0.shape == c_1.shape == (3,)
+        assert np.abs(c - ((1 - tn) * a + tn * b)).max() > 0.1  # the curve does bend
+        for got, want in [(c[0], a), (c[-1], b), (c_0, a), (c_1, b)]:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
 def _h2_geodesic(c, R, s0, s1):
@@ -318,8 +319,9 @@ def test_fit_geodesic_euclidean_is_the_straight_line():
     assert np.abs(np.asarray(curve) - line).max() < 1e-3
     # measured relative error 1.2e-7 (float32); tolerance 1e-4
     L = _fitted_length(euclidean, params, z0, z1)
-    assert abs(L / float(jnp.linalg.norm(z1 - z0)) - 1) < 1e-4
-    assert float(jnp.abs(curve[0] - z0).max()) < 1e-6 and float(jnp.abs(curve[-1] - z1).max()) < 1e-6
+    assert abs(L / np.linalg.norm(np.asarray(z1) - np.asarray(z0)) - 1) < 1e-4
+    c = np.asarray(curve)
+    assert np.abs(c[0] - np.asarray(z0)).max() < 1e-6 and np.abs(c[-1] - np.asarray(z1)).max() < 1e-6
 
 
 @pytest.mark.parametrize(
@@ -331,7 +333,7 @@ def test_fit_geodesic_poincare_matches_the_hyperbolic_distance(z0, z1):
     params, curve = geo.fit_geodesic(poincare, z0, z1, jax.random.key(1))  # default settings
     d = poincare_distance(z0, z1)
     assert _straight_poincare_length(z0, z1) > 1.1 * d  # clearly curved: the straight segment is ≥ 10 % longer (1.9× and 1.2×)
-    # measured relative errors 1.8e-6 and 4.0e-6 (3000 steps, float32); tolerance 1e-3
+    # measured relative errors 2.3e-6 and 2.4e-6 (defaults: 3000 steps, float32); tolerance 1e-3
     L = _fitted_length(poincare, params, z0, z1)
     assert abs(L / d - 1) < 1e-3
     # the points lie on the semicircle through z0 and z1 centred on the x axis
@@ -339,7 +341,9 @@ def test_fit_geodesic_poincare_matches_the_hyperbolic_distance(z0, z1):
     c = (np.sum(b**2) - np.sum(a**2)) / (2 * (b[0] - a[0]))
     R = np.hypot(a[0] - c, a[1])
     radii = np.hypot(np.asarray(curve[:, 0], np.float64) - c, np.asarray(curve[:, 1], np.float64))
-    assert np.abs(radii / R - 1).max() < 2e-3
+    # measured max relative radius error 8.6e-4 and 1.3e-3 (positions converge at first
+    # order, the length at second); tolerance 5e-3
+    assert np.abs(radii / R - 1).max() < 5e-3
 
 
 def test_fit_geodesic_vmapped_over_end_points_matches_single_fits():
@@ -354,16 +358,7 @@ def test_fit_geodesic_vmapped_over_end_points_matches_single_fits():
         np.testing.assert_allclose(np.asarray(C[i]), np.asarray(c), atol=1e-4)
         p_i = jax.tree_util.tree_map(lambda x: x[i], P)
         L = _fitted_length(poincare, p_i, Z0[i], Z1[i])
-        assert abs(L / poincare_distance(Z0[i], Z1[i]) - 1) < 1e-3
-    # the loss itself batches too
-    t = jnp.linspace(0.0, 1.0, 50)
-    losses = jax.jit(jax.vmap(
-        lambda p, a, b: geo.geodesic_loss(poincare, geo.NeuralGeodesic((32, 32), a, b).apply, p, t)
-    ))(P, Z0, Z1)
-    for i in range(3):
-        d = poincare_distance(Z0[i], Z1[i])
-        # a fitted geodesic has (nearly) constant speed d, so its energy ≈ d²/2
-        assert abs(float(losses[i]) / (d**2 / 2) - 1) < 5e-3
+        assert abs(L / poincare_distance(Z0[i], Z1[i]) - 1) < 1e-3  # measured ≤ 3.1e-6
 
 
 def test_fit_geodesic_objective_length_and_custom_optimizer():
@@ -374,7 +369,7 @@ def test_fit_geodesic_objective_length_and_custom_optimizer():
         poincare, z0, z1, jax.random.key(2), steps=1500, objective="length", optimizer=optax.adam(5e-3), n_t=30
     )
     assert curve.shape == (30, 2)
-    # measured relative error 2e-5; tolerance 2e-3
+    # measured relative error 4.2e-5; tolerance 2e-3
     assert abs(_fitted_length(poincare, params, z0, z1) / poincare_distance(z0, z1) - 1) < 2e-3
 
 

@@ -59,7 +59,6 @@ def _model(hidden: int = 16, latent: int = 2):
 
 LOSS = jax.jit(imv.loss, static_argnums=0, static_argnames=("aux",))
 MI_LOSS = jax.jit(imv.mi_loss, static_argnums=0, static_argnames=("aux",))
-VAE_LOSS = jax.jit(aet.vae.loss, static_argnums=0)
 ELBO = jax.jit(aet.evaluate.elbo, static_argnums=0, static_argnames=("n_samples",))
 
 
@@ -162,14 +161,19 @@ def test_loss_decomposition_and_limits(setup):
     alpha, beta = 2.0, 0.5
     value, m = LOSS(model, variables, x, key, alpha=alpha, beta=beta, aux=True)
     np.testing.assert_allclose(float(value), float(-m["loglikelihood"] + beta * m["kl"] - alpha * m["mi"]), rtol=1e-6)
-    # α = 0 is the β-VAE loss with the same key
-    vae_value = VAE_LOSS(model, variables, x, key, beta=beta)
-    np.testing.assert_allclose(float(LOSS(model, variables, x, key, alpha=0.0, beta=beta, aux=True)[0]), float(vae_value), rtol=1e-6)
-    # the MI term is Î on the batch's codes and their shuffle with fold_in(key, 1)
-    z = jax.jit(aet.base.elbo_terms, static_argnums=0)(model, variables, x, key).z[0]
-    vmi = jax.jit(imv.variational_mutual_info, static_argnums=0)
-    mi = vmi(model, variables, x, z, imv.shuffle_latent(z, jax.random.fold_in(key, 1)))
+
+    @jax.jit
+    def references(variables, x, key):
+        # Î on the batch's codes and their shuffle with fold_in(key, 1); the β-VAE loss
+        z = aet.base.elbo_terms(model, variables, x, key).z[0]
+        mi = imv.variational_mutual_info(model, variables, x, z, imv.shuffle_latent(z, jax.random.fold_in(key, 1)))
+        return mi, aet.vae.loss(model, variables, x, key, beta=beta)
+
+    mi, vae_value = references(variables, x, key)
     np.testing.assert_allclose(float(m["mi"]), float(mi), rtol=1e-5)
+    # α = 0 is the β-VAE loss with the same key
+    no_mi = LOSS(model, variables, x, key, alpha=0.0, beta=beta, aux=True)[0]
+    np.testing.assert_allclose(float(no_mi), float(vae_value), rtol=1e-6)
     # the critic's loss sees the same codes and shuffle: mi_loss = −Î
     c_value, c = MI_LOSS(model, variables, x, key, aux=True)
     np.testing.assert_allclose([float(c_value), float(c["mi"])], [-float(mi), float(mi)], rtol=1e-5)
@@ -178,10 +182,9 @@ def test_loss_decomposition_and_limits(setup):
 def test_jit_and_vmap(setup):
     model, variables, x = setup
     key = jax.random.key(5)
-    np.testing.assert_allclose(
-        float(imv.loss(model, variables, x, key)), float(LOSS(model, variables, x, key, alpha=1.0, beta=1.0, aux=True)[0]), rtol=1e-5
-    )
-    np.testing.assert_allclose(float(imv.mi_loss(model, variables, x, key)), float(MI_LOSS(model, variables, x, key, aux=True)[0]), rtol=1e-5)
+    # jit of `partial(loss, model)` with the defaults == α = β = 1 written out
+    default = jax.jit(functools.partial(imv.loss, model))(variables, x, key)
+    np.testing.assert_allclose(float(default), float(LOSS(model, variables, x, key, alpha=1.0, beta=1.0, aux=True)[0]), rtol=1e-6)
     xs = jnp.stack([x, x[::-1], 1.0 - x])
     keys = jax.random.split(key, 3)
     both = jax.jit(jax.vmap(lambda xb, k: jnp.stack([imv.loss(model, variables, xb, k), imv.mi_loss(model, variables, xb, k)])))
@@ -195,22 +198,25 @@ def test_jit_and_vmap(setup):
 
 
 def test_user_decoder_float64_gradients(setup):
-    """With the decoder registered in this file, the gradients of both losses (w.r.t. the
-    group each one trains) match finite differences in float64."""
+    """With the decoder registered in this file, the gradients of both losses (each w.r.t.
+    the group it trains) match finite differences in float64."""
     model, variables, x = setup
     key = jax.random.key(6)
     with jax.enable_x64(True):
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables["params"])
         x64 = jnp.asarray(x[:8], jnp.float64)
-        vae_p, mi_p = imv.split_params(params)
-        f = jax.jit(lambda p: imv.loss(model, {"params": p}, x64, key, alpha=2.0, beta=0.7))
-        g = jax.jit(lambda p: imv.mi_loss(model, {"params": p}, x64, key))
-        assert f(params).dtype == jnp.float64
-        # the critic's parameters change the value of `loss` (only its gradient is stopped)
-        bumped = imv.merge_params(vae_p, jax.tree_util.tree_map(lambda a: a + 0.1, mi_p))
-        assert abs(float(f(bumped)) - float(f(params))) > 1e-6
-        check_grads(lambda vp: f(imv.merge_params(vp, mi_p)), (vae_p,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
-        check_grads(lambda mp: g(imv.merge_params(vae_p, mp)), (mi_p,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+        vae_0, mi_0 = imv.split_params(params)
+
+        @jax.jit
+        def h(vae_p, mi_p):
+            # loss(encoder/decoder; critic fixed) + mi_loss(critic; encoder/decoder fixed):
+            # d/d vae_p is loss's gradient, d/d mi_p is mi_loss's
+            vae_part = imv.loss(model, {"params": imv.merge_params(vae_p, mi_0)}, x64, key, alpha=2.0, beta=0.7)
+            mi_part = imv.mi_loss(model, {"params": imv.merge_params(vae_0, mi_p)}, x64, key)
+            return vae_part + mi_part
+
+        assert h(vae_0, mi_0).dtype == jnp.float64
+        check_grads(h, (vae_0, mi_0), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- training
@@ -229,22 +235,26 @@ def test_step_updates_both_groups_and_guards(setup):
     new, metrics = step(state, x, key)
 
     k_vae, k_mi = jax.random.split(key)
-    vae_p, mi_p = imv.split_params(variables["params"])
-    # gradients w.r.t. ALL parameters: `loss` gives the critic exactly zero, `mi_loss`
-    # gives the encoder and decoder exactly zero
-    grad_loss = jax.grad(lambda p: LOSS(model, {"params": p}, x, k_vae, alpha=2.0, beta=1.0, aux=True)[0])
-    g_vae, g_zero = imv.split_params(grad_loss(variables["params"]))
-    assert _leaves_norm(g_zero) == 0.0 and _leaves_norm(g_vae["encoder"]) > 0 and _leaves_norm(g_vae["decoder"]) > 0
-    vae_1 = jax.tree_util.tree_map(lambda p, g: p - lr_vae * g, vae_p, g_vae)
-    grad_mi = jax.grad(lambda p: MI_LOSS(model, {"params": p}, x, k_mi, aux=True)[0])
-    g_zero, g_mi = imv.split_params(grad_mi(imv.merge_params(vae_1, mi_p)))
-    assert _leaves_norm(g_zero["encoder"]) == 0.0 and _leaves_norm(g_zero["decoder"]) == 0.0
-    assert _leaves_norm(g_mi) > 0
-    mi_1 = jax.tree_util.tree_map(lambda p, g: p - lr_mi * g, mi_p, g_mi)
-    expected = imv.merge_params(vae_1, mi_1)
+
+    @jax.jit
+    def by_hand(params):
+        # gradients w.r.t. ALL parameters: `loss` must give the critic exactly zero and
+        # `mi_loss` must give the encoder and decoder exactly zero
+        g_loss = jax.grad(lambda p: imv.loss(model, {"params": p}, x, k_vae, alpha=2.0))(params)
+        vae_p, mi_p = imv.split_params(params)
+        vae_1 = jax.tree_util.tree_map(lambda p, g: p - lr_vae * g, vae_p, imv.split_params(g_loss)[0])
+        at_1 = imv.merge_params(vae_1, mi_p)
+        mi_value, g_mi = jax.value_and_grad(lambda p: imv.mi_loss(model, {"params": p}, x, k_mi))(at_1)
+        mi_1 = jax.tree_util.tree_map(lambda p, g: p - lr_mi * g, mi_p, imv.split_params(g_mi)[1])
+        return g_loss, g_mi, imv.merge_params(vae_1, mi_1), mi_value
+
+    g_loss, g_mi, expected, ref_mi_loss = by_hand(variables["params"])
+    assert _leaves_norm(g_loss["mi_network"]) == 0.0
+    assert _leaves_norm(g_loss["encoder"]) > 0 and _leaves_norm(g_loss["decoder"]) > 0
+    assert _leaves_norm(g_mi["encoder"]) == 0.0 and _leaves_norm(g_mi["decoder"]) == 0.0
+    assert _leaves_norm(g_mi["mi_network"]) > 0
     for got, ref in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(expected)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-6)
-    ref_mi_loss = MI_LOSS(model, {"params": imv.merge_params(vae_1, mi_p)}, x, k_mi, aux=True)[0]
     np.testing.assert_allclose(float(metrics["mi_loss"]), float(ref_mi_loss), rtol=1e-4)
     assert int(new.step) == 1 and float(metrics["finite"]) == 1.0
     assert {"loss", "loglikelihood", "kl", "mi", "elbo", "mi_loss", "grad_norm", "mi_grad_norm"} <= set(metrics)

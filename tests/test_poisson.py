@@ -59,23 +59,25 @@ def test_vae_with_poisson_decoder_trains_with_fit():
     rng = np.random.default_rng(0)
     W = rng.normal(size=(2, D)) * 0.4
     x_train, x_val = _counts(rng, W, 768), _counts(rng, W, 256)
-    # the encoder sees log(1 + counts); the decoder is the user's PoissonDecoder
-    enc = aet.JointGaussianLogEncoder(nn.Sequential([jnp.log1p, aet.MLP([32], final_activation=nn.relu)]), 2)
+    # the encoder sees log(1 + counts); the decoder is the user's PoissonDecoder. (A tuple,
+    # not a list, of layers keeps nn.Sequential, hence the model, hashable for jit's static_argnums.)
+    enc = aet.JointGaussianLogEncoder(nn.Sequential((jnp.log1p, aet.MLP([32], final_activation=nn.relu))), 2)
     model = aet.VAE(enc, PoissonDecoder(aet.MLP([32], final_activation=nn.relu), D))
     loss_fn = functools.partial(aet.vae.loss, model)
     variables, history = aet.train.fit(model, loss_fn, x_train, key=jax.random.key(0), optimizer=optax.adam(5e-3),
                                        epochs=8, batch_size=32, val_data=x_val, progress=False)
     loss = history["train"]["loss"]
-    # measured: 58.5 in epoch 1 → 35.2 in epoch 8 (a drop of 23); require a drop of 12
+    # measured (fit keys 0, 1, 2): 49.6–58.5 in epoch 1 → 34.4–35.2 in epoch 8 (drops of
+    # 15.2–23.3); require a drop of 12
     assert loss[-1] < loss[0] - 12.0
     xv = jnp.asarray(x_val)
     untrained = jax.jit(model.init)(jax.random.key(0), xv[:1])
     elbo = jax.jit(aet.evaluate.elbo, static_argnums=0, static_argnames="n_samples")
     trained_elbo = float(jnp.mean(elbo(model, variables, xv, jax.random.key(1), n_samples=16)))
     untrained_elbo = float(jnp.mean(elbo(model, untrained, xv, jax.random.key(1), n_samples=16)))
-    # measured: trained −34.8, untrained −105.5 (a gain of 70.7 nats); require a gain of 40
+    # measured: trained −34.0 … −34.8, untrained −105.5 (a gain of ≥ 70.7 nats); require 40
     assert trained_elbo > untrained_elbo + 40.0
-    # and the ELBO is close to (measured 0.8 nats above) the exact log-likelihood of independent
-    # Poisson rates fitted per feature; require it within 1.5 nats below that
+    # and the ELBO is close to (measured 0.8–1.6 nats above) the exact log-likelihood −35.6 of
+    # independent Poisson rates fitted per feature; require no worse than 1.5 nats below it
     independent = stats.poisson.logpmf(x_val, x_train.mean(0)).sum(axis=1).mean()
     assert trained_elbo > independent - 1.5
