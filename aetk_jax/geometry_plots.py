@@ -114,18 +114,18 @@ def plot_latent_metric(
         if not (X.shape == Y.shape == V.shape and V.ndim == 2):
             raise ValueError(f"`metric` grid arrays must share one 2-D shape, got {X.shape}, {Y.shape}, {V.shape}")
 
-    import matplotlib.pyplot as plt  # lazy: plotting is optional
+    import matplotlib  # lazy: plotting is optional
 
     Vm = np.ma.masked_invalid(V)
     mesh = ax.pcolormesh(X, Y, Vm, cmap=cmap, shading="auto")
     if colorbar:
-        plt.colorbar(mesh, ax=ax, label=r"$\log\sqrt{\det G(z)}$")
+        ax.figure.colorbar(mesh, ax=ax, label=r"$\log\sqrt{\det G(z)}$")
     if codes is not None:
         if labs is None:
             ax.scatter(codes[:, 0], codes[:, 1], s=point_size, c="black", alpha=0.6, linewidths=0)
         else:
             uniq = np.unique(labs)
-            colours = plt.get_cmap("tab10" if len(uniq) <= 10 else "tab20")
+            colours = matplotlib.colormaps["tab10" if len(uniq) <= 10 else "tab20"]
             for k, lab in enumerate(uniq):
                 sel = labs == lab
                 ax.scatter(

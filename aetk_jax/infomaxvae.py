@@ -100,7 +100,9 @@ def variational_mutual_info(
     ``z_shuffled`` a permutation of ``z`` across the batch (``shuffle_latent``).
     """
     if z.shape != z_shuffled.shape:
-        raise ValueError(f"`z` {tuple(z.shape)} and `z_shuffled` {tuple(z_shuffled.shape)} must have the same shape")
+        raise ValueError(
+            f"`z` {tuple(z.shape)} and `z_shuffled` {tuple(z_shuffled.shape)} must have the same shape"
+        )
     t_joint = critic(model, variables, x, z)
     t_marg = critic(model, variables, x, z_shuffled)
     return jnp.mean(t_joint) - jnp.mean(jnp.exp(t_marg - 1.0))
@@ -185,13 +187,19 @@ def mi_loss(model: InfoMaxVAE, variables: Variables, x: jax.Array, key: jax.Arra
 # --------------------------------------------------------------------------- training
 
 
-def _optimizers(optimizer: Any, mi_optimizer: Any = None) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+def _optimizers(
+    optimizer: Any, mi_optimizer: Any = None
+) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """Resolve ``optimizer`` (one transformation or ``{"vae": ..., "mi": ...}``) and ``mi_optimizer``."""
     if isinstance(optimizer, Mapping):
         if set(optimizer) != {"vae", "mi"}:
-            raise ValueError(f"`optimizer` as a dict must have exactly the keys 'vae' and 'mi', got {sorted(optimizer)}")
+            raise ValueError(
+                f"`optimizer` as a dict must have exactly the keys 'vae' and 'mi', got {sorted(optimizer)}"
+            )
         if mi_optimizer is not None:
-            raise ValueError("give the critic's optimizer either in the `optimizer` dict or as `mi_optimizer`, not both")
+            raise ValueError(
+                "give the critic's optimizer either in the `optimizer` dict or as `mi_optimizer`, not both"
+            )
         opt, mi_opt = optimizer["vae"], optimizer["mi"]
     else:
         opt, mi_opt = optimizer, (optimizer if mi_optimizer is None else mi_optimizer)

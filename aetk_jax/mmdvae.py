@@ -19,7 +19,7 @@ all pairs, diagonals included; always ≥ 0 but biased upwards by O(1/n + 1/m)).
 Hyper-parameter rule (checked, ``ValueError`` otherwise): α ≤ 1 so the KL weight
 1 − α is ≥ 0, and λ + α − 1 ≥ 0 so the MMD weight is ≥ 0 (hence λ ≥ 0). With the
 defaults λ = 1, α = 0 the MMD weight is 0 and the loss is the plain VAE loss —
-as in AutoEncoderToolkit.jl; pass e.g. ``lam=100.0`` to switch the MMD term on.
+as in AutoEncoderToolkit.jl; pass e.g. ``lam=10.0`` to switch the MMD term on.
 """
 from __future__ import annotations
 
@@ -77,7 +77,9 @@ def _offdiag_mean(k: jax.Array) -> jax.Array:
     return (jnp.sum(k) - jnp.sum(jnp.diagonal(k))) / (n * (n - 1))
 
 
-def mmd_div(x: jax.Array, y: jax.Array, kernel: Kernel = gaussian_kernel, *, unbiased: bool = True) -> jax.Array:
+def mmd_div(
+    x: jax.Array, y: jax.Array, kernel: Kernel = gaussian_kernel, *, unbiased: bool = True
+) -> jax.Array:
     """Squared maximum mean discrepancy between samples ``x`` ``(n, d)`` and ``y`` ``(m, d)``.
 
     ``kernel(a, b)`` returns the Gram matrix ``(len(a), len(b))`` (bind its
@@ -150,7 +152,8 @@ def loss(
     codes (all ``n_samples`` draws per example, ``(n_samples·batch, d)``); p(z)
     samples: ``n_latent_samples`` draws from N(0, I) (no gradient flows to them).
     The posterior draw uses ``key`` exactly as ``aet.vae.loss`` does, so with
-    λ + α − 1 = 0 and α = 0 this equals ``aet.vae.loss(model, variables, x, key)``.
+    λ + α − 1 = 0 this equals ``aet.vae.loss(model, variables, x, key, beta=1 - α)``
+    (the defaults: the plain VAE loss).
     ``unbiased`` picks the MMD estimator (see ``mmd_div``; the U-statistic by
     default, the Julia package uses the V-statistic). ``kernel(a, b)`` returns a
     Gram matrix (default ``gaussian_kernel`` with ρ = 1).

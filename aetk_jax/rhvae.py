@@ -115,6 +115,10 @@ class RHVAE(AutoEncoderModel):
         check_int(self.n_centroids, "n_centroids", minimum=1)
         check_scalar(self.T, "T", positive=True)
         check_scalar(self.lam, "lam", nonnegative=True)
+        # plain Python numbers keep the module hashable (``jit(..., static_argnums=0)``)
+        object.__setattr__(self, "n_centroids", int(self.n_centroids))
+        object.__setattr__(self, "T", float(self.T))
+        object.__setattr__(self, "lam", float(self.lam))
         super().__post_init__()
 
     def metric_factor(self, x: jax.Array) -> jax.Array:
@@ -170,6 +174,11 @@ def logdet_inverse(ginv: jax.Array) -> jax.Array:
 
 def stored_metric(model: RHVAE, variables: Variables) -> Metric:
     """The metric stored in ``variables["metric"]`` (set by :func:`update_metric`)."""
+    if "metric" not in variables:
+        raise ValueError(
+            "`variables` has no 'metric' collection; pass the whole output of model.init / fit, "
+            "not only variables['params']"
+        )
     m = variables["metric"]
     return Metric(m["centroids"], m["M"], model.T, model.lam)
 

@@ -435,17 +435,15 @@ def test_metric_volume_grid_matches_closed_form():
 
 
 def test_plot_latent_metric_writes_a_png(tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the backend is left alone
 
     rng = np.random.default_rng(0)
     codes = np.stack([rng.uniform(-2, 2, 300), rng.uniform(0.3, 3, 300)], axis=1)
     labels = rng.integers(0, 3, 300)
     t = np.linspace(0, 1, 50)
     geod = np.asarray(_h2_geodesic(0.0, 2.0, -0.9, 0.9)(None, jnp.asarray(t)))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig = Figure(figsize=(9, 4))
+    axes = fig.subplots(1, 2)
     mesh = geo.plot_latent_metric(axes[0], poincare, codes, labels=labels, geodesics=[geod], n=60)
     # the heat map shows −2 log y over the codes' padded range
     arr = np.asarray(mesh.get_array()).reshape(60, 60)
@@ -454,7 +452,6 @@ def test_plot_latent_metric_writes_a_png(tmp_path):
     geo.plot_latent_metric(axes[1], grid, codes, geodesics=[geod], colorbar=False)
     path = tmp_path / "metric.png"
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     assert path.exists() and path.stat().st_size > 20_000
 
 

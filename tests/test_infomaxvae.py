@@ -78,7 +78,8 @@ def test_critic_shuffle_and_bound_match_numpy(setup, rng):
     xn = np.asarray(x, np.float64)
 
     def t_np(xx, zz):  # T(x, z) = head(tanh(dense_0([x, z])))
-        h = np.tanh(np.concatenate([xx, zz], axis=1) @ p["body"]["dense_0"]["kernel"] + p["body"]["dense_0"]["bias"])
+        dense_0 = p["body"]["dense_0"]
+        h = np.tanh(np.concatenate([xx, zz], axis=1) @ dense_0["kernel"] + dense_0["bias"])
         return (h @ p["head"]["kernel"] + p["head"]["bias"])[:, 0]
 
     got_t = jax.jit(imv.critic, static_argnums=0)(model, variables, x, jnp.asarray(z, jnp.float32))
@@ -107,7 +108,8 @@ def test_critic_recovers_gaussian_mutual_information():
     true_mi = d * -0.5 * math.log(1.0 - 1.0 / (1.0 + sigma**2))
     critic_net = imv.MutualInfoNetwork(aet.MLP([32, 32], activation=nn.tanh, final_activation=nn.tanh))
     # the critic alone: the encoder and decoder are never called, so they hold no parameters
-    model = aet.InfoMaxVAE(aet.JointGaussianLogEncoder(aet.MLP([4]), d), aet.BernoulliDecoder(aet.MLP([4]), d), critic_net)
+    enc, dec = aet.JointGaussianLogEncoder(aet.MLP([4]), d), aet.BernoulliDecoder(aet.MLP([4]), d)
+    model = aet.InfoMaxVAE(enc, dec, critic_net)
     init_params = jax.jit(critic_net.init)(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1, d)))["params"]
 
     def pairs(key, n):
@@ -160,7 +162,8 @@ def test_loss_decomposition_and_limits(setup):
     key = jax.random.key(4)
     alpha, beta = 2.0, 0.5
     value, m = LOSS(model, variables, x, key, alpha=alpha, beta=beta, aux=True)
-    np.testing.assert_allclose(float(value), float(-m["loglikelihood"] + beta * m["kl"] - alpha * m["mi"]), rtol=1e-6)
+    recomposed = -m["loglikelihood"] + beta * m["kl"] - alpha * m["mi"]
+    np.testing.assert_allclose(float(value), float(recomposed), rtol=1e-6)
 
     @jax.jit
     def references(variables, x, key):
@@ -184,13 +187,19 @@ def test_jit_and_vmap(setup):
     key = jax.random.key(5)
     # jit of `partial(loss, model)` with the defaults == α = β = 1 written out
     default = jax.jit(functools.partial(imv.loss, model))(variables, x, key)
-    np.testing.assert_allclose(float(default), float(LOSS(model, variables, x, key, alpha=1.0, beta=1.0, aux=True)[0]), rtol=1e-6)
+    explicit = LOSS(model, variables, x, key, alpha=1.0, beta=1.0, aux=True)[0]
+    np.testing.assert_allclose(float(default), float(explicit), rtol=1e-6)
     xs = jnp.stack([x, x[::-1], 1.0 - x])
     keys = jax.random.split(key, 3)
-    both = jax.jit(jax.vmap(lambda xb, k: jnp.stack([imv.loss(model, variables, xb, k), imv.mi_loss(model, variables, xb, k)])))
-    got = np.asarray(both(xs, keys))
+    def both(xb, k):
+        return jnp.stack([imv.loss(model, variables, xb, k), imv.mi_loss(model, variables, xb, k)])
+
+    got = np.asarray(jax.jit(jax.vmap(both))(xs, keys))
     ref = [
-        [float(LOSS(model, variables, xs[i], keys[i], alpha=1.0, beta=1.0, aux=True)[0]), float(MI_LOSS(model, variables, xs[i], keys[i], aux=True)[0])]
+        [
+            float(LOSS(model, variables, xs[i], keys[i], alpha=1.0, beta=1.0, aux=True)[0]),
+            float(MI_LOSS(model, variables, xs[i], keys[i], aux=True)[0]),
+        ]
         for i in range(3)
     ]
     np.testing.assert_allclose(got, ref, rtol=1e-5)
@@ -290,7 +299,9 @@ def test_fit_with_two_optimizers_raises_heldout_elbo(setup, digits):
     for group in ("encoder", "decoder", "mi_network"):
         change = max(
             float(jnp.max(jnp.abs(a - b)))
-            for a, b in zip(jax.tree_util.tree_leaves(variables["params"][group]), jax.tree_util.tree_leaves(v0["params"][group]))
+            for a, b in zip(
+                jax.tree_util.tree_leaves(variables["params"][group]), jax.tree_util.tree_leaves(v0["params"][group])
+            )
         )
         assert change > 1e-2, (group, change)
     # the critic learns: the epoch-mean Î rises from -0.034 to 0.015 / 0.024 (seeds 0, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -216,21 +217,21 @@ def test_fixed_points_are_reached_and_the_step_is_reversible(rng):
         model = tiny_model()
         v, x = f64_variables(model, rng)
         z, rho = jnp.asarray(0.5 * rng.standard_normal((3, 2))), jnp.asarray(rng.standard_normal((3, 2)))
-        # defaults (ε = 1e-4, 5 iterations): both equations solved to rounding
+        # defaults (ε = 1e-4, 5 iterations): both equations solved to rounding (measured 0.0)
         r1, r2 = map(float, _step(model, v, x, z, rho, 5, 1e-4)[4:6])
         assert r1 < 1e-13 and r2 < 1e-13, (r1, r2)
-        # a 1000× larger step still converges in 5 iterations (measured ~1e-8, ~1e-9)
+        # a 1000× larger step still converges in 5 iterations (measured 1.4e-7 and 4.7e-8)
         r1, r2 = map(float, _step(model, v, x, z, rho, 5, 0.1)[4:6])
-        assert r1 < 1e-6 and r2 < 1e-6, (r1, r2)
+        assert r1 < 1e-5 and r2 < 1e-5, (r1, r2)
         # reversibility: step, flip the momentum, step again → back to (z, −ρ)
         errs = {}
         for n in (5, 30):
             z1, r1_ = _step(model, v, x, z, rho, n, 0.1)[:2]
             z2, r2_ = _step(model, v, x, z1, -r1_, n, 0.1)[:2]
             errs[n] = max(float(jnp.max(jnp.abs(z2 - z))), float(jnp.max(jnp.abs(-r2_ - rho))))
-        assert errs[30] < 1e-12, errs  # exact implicit solves: reversible to rounding
-        assert errs[5] < 1e-6, errs  # 5 iterations at a large ε = 0.1 (measured ~1e-8)
-    # float32 at the defaults: residuals at single-precision rounding
+        assert errs[30] < 1e-12, errs  # exact implicit solves: reversible to rounding (measured 0.0)
+        assert errs[5] < 1e-5, errs  # 5 iterations at a large ε = 0.1 (measured 2.4e-7)
+    # float32 at the defaults: residuals at single-precision rounding (measured 0.0)
     v32, x32, z32, rho32 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), (v, x, z, rho))
     r1, r2 = map(float, _step(model, v32, x32, z32, rho32, 5, 1e-4)[4:6])
     assert r1 < 1e-6 and r2 < 1e-6, (r1, r2)
@@ -350,7 +351,7 @@ def test_fit_trains_and_learns_a_metric_that_grows_off_the_data(trained):
     logvol_far = np.asarray(rhvae.log_volume(model, variables, jnp.asarray(far, jnp.float32)))
     assert np.all(logvol_far <= math.log(100.0) + 1e-4)  # G ≥ I/λ nowhere: √det G ≤ 1/λ = 100
     ratio = np.exp(np.min(logvol_far) - np.median(logvol_data))
-    # measured: min over the ring of √det G / median over the data ≈ 15; require 5
+    # measured: min over the ring of √det G / median over the data = 14.9; require 5
     assert ratio > 5.0, ratio
 
 
@@ -365,10 +366,10 @@ def test_samples_lie_where_the_learned_volume_is_small(trained):
     mu = model.apply(variables, jnp.asarray(train.x), method="encode").mu
     lv_samples = np.asarray(rhvae.log_volume(model, variables, s.z))
     lv_data = np.asarray(rhvae.log_volume(model, variables, mu))
-    # measured: median log √det G ≈ 1.4 at the samples, ≈ 1.0 at the data codes,
-    # log(1/λ) = 4.6 far away; 90% quantile at the samples ≈ 2.4
-    assert np.median(lv_samples) < np.median(lv_data) + 1.0
-    assert np.quantile(lv_samples, 0.9) < math.log(100.0) - 1.0
+    # measured: median log √det G = 0.44 at the samples, −0.07 at the data codes and
+    # log(1/λ) = 4.6 far away; 90% quantile at the samples 1.57
+    assert np.median(lv_samples) < np.median(lv_data) + 1.5
+    assert np.quantile(lv_samples, 0.9) < math.log(100.0) - 2.0
 
 
 def test_sampler_matches_closed_form(trained):
@@ -383,6 +384,7 @@ def test_sampler_matches_closed_form(trained):
     z = np.asarray(aet.sample(model, {**variables, "metric": metric}, jax.random.key(1), N_SAMPLES, margin=3.0).z)
     sd = T / math.sqrt(2)
     # Monte-Carlo tolerances: 5 standard errors of the mean and of the variance
+    # (measured: mean off by ≤ 0.02 of 0.089 allowed, variance by ≤ 8% of 22%)
     np.testing.assert_allclose(z.mean(0), c, atol=5 * sd / math.sqrt(N_SAMPLES))
     np.testing.assert_allclose(z.var(0), sd**2, rtol=5 * math.sqrt(2 / N_SAMPLES))
 
@@ -395,13 +397,13 @@ def test_train_step_is_one_xla_computation_without_host_callbacks():
     dec = aet.BernoulliDecoder(aet.MLP([32], final_activation=nn.relu), 64)
     model = aet.RHVAE(enc, dec, rhvae.MetricNetwork(aet.MLP([32], final_activation=nn.relu), 2), 32, 0.8, 1e-2)
     x = jnp.zeros((128, 64))
-    v = model.init(jax.random.key(0), x)
+    v = jax.jit(model.init)(jax.random.key(0), x)
     step = aet.train.make_step(functools.partial(rhvae.loss, model, K=3, n_fixed_point=5), optax.adam(1e-3))
     state = aet.train.init_state(v, optax.adam(1e-3))
     text = step.lower(state, x, jax.random.key(1)).as_text()
     assert text.count("func.func public @main") == 1
     assert "callback" not in text.lower()
-    targets = set(__import__("re").findall(r'custom_call @([\w.]+)|call_target_name = "([\w.]+)"', text))
+    targets = set(re.findall(r'custom_call @([\w.]+)|call_target_name = "([\w.]+)"', text))
     names = {a or b for a, b in targets}
     assert all("lapack" in n or "cholesky" in n or "trsm" in n or "Sharding" in n for n in names), names
 

@@ -35,7 +35,7 @@ def test_vec_to_ltri_batched_matches_a_loop_reference():
                 k += 1
     np.testing.assert_allclose(got, want, rtol=0, atol=0)
     # differentiable: ∂ Σ L / ∂v = 1 for every entry (each entry lands exactly once)
-    g = jax.grad(lambda u: jnp.sum(vec_to_ltri(u, d)))(jnp.asarray(v, jnp.float32))
+    g = jax.jit(jax.grad(lambda u: jnp.sum(vec_to_ltri(u, d))))(jnp.asarray(v))
     np.testing.assert_array_equal(np.asarray(g), 1.0)
     # under jit and vmap
     np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(lambda u: vec_to_ltri(u, d)))(jnp.asarray(v[0], jnp.float32))),
