@@ -61,14 +61,15 @@ def build(
     hidden: Sequence[int] = (128, 128),
     n_centroids: int = 64,
     T: float = 0.8,
-    lam: float = 1e-2,
+    metric_lam: float = 1e-2,
     **hyper: Any,
 ) -> Recipe:
     """Build model ``name`` on flat data of ``prod(data_shape)`` features.
 
     Encoder: MLP(hidden) → Gaussian (μ, log σ) heads of ``latent_dim``; decoder:
     MLP(hidden) → Bernoulli logits or Gaussian (μ, log σ). ``hyper`` overrides
-    :func:`default_hyper`.
+    :func:`default_hyper` (loss hyper-parameters); ``n_centroids``, ``T`` and
+    ``metric_lam`` (λ of G⁻¹) configure the RHVAE's metric.
     """
     if name not in MODELS:
         raise ValueError(f"`model` must be one of {MODELS}, got {name!r}")
@@ -95,5 +96,5 @@ def build(
         model = hvae.HVAE(enc, dec)
         return Recipe(name, model, functools.partial(hvae.loss, model, **hp), hp)
     metric = rhvae.MetricNetwork(_body(hidden), latent_dim)
-    model = rhvae.RHVAE(enc, dec, metric, n_centroids, T, lam)
+    model = rhvae.RHVAE(enc, dec, metric, n_centroids, T, metric_lam)
     return Recipe(name, model, functools.partial(rhvae.loss, model, **hp), hp)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from .dispatch import dispatched
 from .distributions import GaussianLogParams, GaussianParams
+from .validation import check_scalar
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -77,6 +78,7 @@ def spherical_logprior(z: jax.Array, sigma: float = 1.0) -> jax.Array:
 
     ``z``: ``(..., d)``; returns ``(...,)`` (``(batch,)`` for a batch of codes).
     """
+    check_scalar(sigma, "sigma", positive=True)
     d = z.shape[-1]
     return -0.5 * (d * (_LOG_2PI + 2.0 * jnp.log(sigma)) + jnp.sum(z**2, axis=-1) / sigma**2)
 

@@ -246,6 +246,12 @@ def test_spherical_logprior_matches_scipy(sigma):
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan")])
+def test_spherical_logprior_bad_sigma_raises(sigma):
+    with pytest.raises(ValueError, match="`sigma`"):
+        aet.spherical_logprior(jnp.ones((2, 3)), sigma)
+
+
 @pytest.mark.parametrize("kind", ["log", "linear"])
 def test_encoder_sample_is_reparameterised_gaussian(kind):
     # z = μ + σ ε: over many draws the mean and standard deviation match μ and σ,
