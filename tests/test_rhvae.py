@@ -297,21 +297,21 @@ def test_loss_check_grads_float64(rng):
 
 
 def test_loss_vmap_jit_and_metric_sources(rng):
-    model = tiny_model()
-    x = jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32)  # 3 batches of 4
-    v = jax.jit(model.init)(jax.random.key(0), x[0])
-    keys = jax.random.split(jax.random.key(1), 3)
-    loss = functools.partial(rhvae.loss, model, eps=0.02)
-    eager = jnp.stack([loss(v, x[i], keys[i]) for i in range(3)])  # each call: the loss's own jit
-    assert eager.dtype == jnp.float32
-    batched = jax.jit(jax.vmap(lambda xb, k: loss(v, xb, k)))(x, keys)  # vmap inside an outer jit
-    np.testing.assert_allclose(np.asarray(batched), np.asarray(eager), rtol=1e-5)
-    # when the stored centroid data is the batch itself, the Julia way ("centroids":
-    # recompute cᵢ, Mᵢ from the stored data inside the loss) and the paper's ("batch")
-    # build the same metric and give the same loss
-    v2 = rhvae.update_metric(model, v, x[0])
-    julia = loss(v2, x[0], keys[0], metric_source="centroids")
-    np.testing.assert_allclose(float(julia), float(eager[0]), rtol=1e-6)
+    with jax.enable_x64(True):
+        model = tiny_model()
+        v, _ = f64_variables(model, rng, batch=4)
+        x = jnp.asarray(rng.standard_normal((3, 4, 5)))  # 3 batches of 4
+        keys = jax.random.split(jax.random.key(1), 3)
+        loss = functools.partial(rhvae.loss, model, eps=0.02)
+        eager = jnp.stack([loss(v, x[i], keys[i]) for i in range(3)])  # each call: the loss's own jit
+        batched = jax.jit(jax.vmap(lambda xb, k: loss(v, xb, k)))(x, keys)  # vmap inside an outer jit
+        np.testing.assert_allclose(np.asarray(batched), np.asarray(eager), rtol=1e-12)
+        # when the stored centroid data is the batch itself, the Julia way ("centroids":
+        # recompute cᵢ, Mᵢ from the stored data inside the loss) and the paper's ("batch")
+        # build the same metric and give the same loss
+        v2 = rhvae.update_metric(model, v, x[0])
+        julia = loss(v2, x[0], keys[0], metric_source="centroids")
+        np.testing.assert_allclose(float(julia), float(eager[0]), rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- training
