@@ -77,7 +77,7 @@ def test_train_writes_the_run_folder(vae_run):
     # held-out digits; measured gap 0.67 nats)
     assert res["val_loglikelihood"] >= res["val_elbo"] - 0.05
     # the ELBO of results.json and the last validation ELBO of the history estimate the same
-    # quantity with different draws (measured difference < 0.1 nats)
+    # quantity with different draws (measured difference 0.15 nats)
     assert res["val_elbo"] == pytest.approx(hist["val"]["elbo"][-1], abs=0.5)
 
 
@@ -88,10 +88,11 @@ def test_evaluate_prints_elbo_and_loglikelihood(vae_run, capsys):
     assert set(res) == {"val_elbo", "val_loglikelihood"}
     assert math.isfinite(res["val_elbo"]) and math.isfinite(res["val_loglikelihood"])
     assert res["val_loglikelihood"] >= res["val_elbo"] - 0.05
-    # the same checkpointed parameters as results.json, other draws (measured difference < 0.1 nats)
+    # the same checkpointed parameters as results.json, other draws (measured differences
+    # 0.013 and 0.008 nats with seed 0, 0.04 and 0.002 with seed 3)
     ref = _json(os.path.join(vae_run, "results.json"))
-    assert res["val_elbo"] == pytest.approx(ref["val_elbo"], abs=0.5)
-    assert res["val_loglikelihood"] == pytest.approx(ref["val_loglikelihood"], abs=0.5)
+    assert res["val_elbo"] == pytest.approx(ref["val_elbo"], abs=0.3)
+    assert res["val_loglikelihood"] == pytest.approx(ref["val_loglikelihood"], abs=0.3)
 
 
 def test_resume_continues_to_the_requested_epochs(vae_run, tmp_path, capsys):

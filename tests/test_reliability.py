@@ -74,7 +74,7 @@ exec(compile(RUN_SRC, "<reliability-run>", "exec"), RUN)
 CHILD_SRC = RUN_SRC + textwrap.dedent(
     """
     import sys, time
-    run(sys.argv[1], int(sys.argv[2]), keep=100, callbacks=[lambda e, v, h: time.sleep(0.25)])
+    run(sys.argv[1], int(sys.argv[2]), keep=100, callbacks=[lambda e, v, h: time.sleep(0.4)])
     print("finished", flush=True)
     """
 )
@@ -119,7 +119,7 @@ def reference(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     rng = np.random.default_rng(20240607)  # fixed seed: the "random" moment is reproducible
     kill_after = int(rng.integers(1, N_EPOCHS - 3))  # the checkpoint to wait for
-    delay = float(rng.uniform(0.0, 0.25))  # then somewhere inside the next epoch
+    delay = float(rng.uniform(0.0, 0.4))  # then somewhere inside the next epoch (each sleeps 0.4 s)
     killed_dir, log = str(base / "killed"), str(base / "child.log")
     proc = _start_child(killed_dir, log)
     killed: dict = {"dir": killed_dir, "kill_after": kill_after, "log": log}
