@@ -15,15 +15,24 @@ check rejects values other than 0 and 1.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
-def digits_binary() -> np.ndarray:
-    """The digits training split binarised at 0.5: ``(1438, 64)`` float32 in {0, 1}."""
+@functools.lru_cache(maxsize=1)
+def _digits_binary() -> np.ndarray:
     from aetk_jax.data import load_digits
 
     train, _ = load_digits()
-    return (np.asarray(train.x) > 0.5).astype(np.float32)
+    x = (np.asarray(train.x) > 0.5).astype(np.float32)
+    x.setflags(write=False)
+    return x
+
+
+def digits_binary() -> np.ndarray:
+    """The digits training split binarised at 0.5: ``(1438, 64)`` float32 in {0, 1} (a fresh copy)."""
+    return _digits_binary().copy()
 
 
 def mnist_synthetic(n: int, *, seed: int = 0, dim: int = 784, code_dim: int = 10) -> np.ndarray:

@@ -35,6 +35,8 @@ def scaling_figures(results: dict[str, Any], stem: str) -> list[str]:
         ax.set_xlabel(AXIS_LABEL.get(axis, axis))
         ax.set_ylabel("training step time (ms, median)")
         title = f"{results.get('suite')} suite, {results.get('device_name', results.get('device'))}"
+        if isinstance(results.get("threads"), int):
+            title += f", {results['threads']} thread(s) per library"
         ax.set_title(title, fontsize=9)
         notes = []
         if any(p["model"] == "rhvae" and p["axis"] == axis for p in pts):

@@ -110,6 +110,32 @@ def output_stem(suite: str, device: str, device_name: str = "") -> str:
     return f"{suite}-gpu-{safe}"
 
 
+# --------------------------------------------------------------------------- sanity
+
+
+def training_sanity(rec: dict[str, Any]) -> dict[str, Any]:
+    """Did aetk_jax's training stay sane during the timed steps?
+
+    Both libraries start from their own initial weights and take the same number
+    of Adam steps on the same batches; afterwards aetk_jax's loss must be finite and
+    at most twice pythae's (``|pythae| + max(1, |pythae|)``), for the main setting
+    and for each variant. A diverging model (e.g. an unstable integrator) is thus
+    flagged even though the parity checks at the initial state passed.
+    """
+    p = (rec.get("pythae") or {}).get("final_loss")
+
+    def judge(a: Optional[float]) -> Optional[bool]:
+        if a is None or p is None:
+            return None
+        return bool(math.isfinite(a) and a <= p + max(1.0, abs(p)))
+
+    out: dict[str, Any] = {"pythae_final_loss": p, "aetk_jax_final_loss": (rec.get("aetk_jax") or {}).get("final_loss")}
+    out["ok"] = judge(out["aetk_jax_final_loss"])
+    out["variants"] = {v.get("label"): {"final_loss": v.get("final_loss"), "ok": judge(v.get("final_loss"))}
+                       for v in rec.get("variants", [])}
+    return out
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -126,13 +152,21 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if r is not None and r.get("parity", {}).get("ok") is False:
             rec["met"] = False
             rec["note"] = "parity check failed: timings not comparable"
+        if r is not None and r.get("status") == "ok" and training_sanity(r).get("ok") is False:
+            rec["met"] = False
+            rec["note"] = "aetk_jax's training diverged during the timed steps: timings not comparable"
         if r is not None and r.get("status") != "ok":
             rec["note"] = f"not measured: {r.get('status')}"
         out.append(rec)
     r = by_model.get("rhvae")
     comp = (r or {}).get("aetk_jax", {}).get("compile_s")
-    out.append({"target": f"rhvae compile time < {RHVAE_COMPILE_TARGET_S:g} s", "model": "rhvae", "measured": comp,
-                "threshold": RHVAE_COMPILE_TARGET_S, "met": None if comp is None else bool(comp < RHVAE_COMPILE_TARGET_S)})
+    comp_cpu = (r or {}).get("aetk_jax", {}).get("compile_cpu_s")
+    rec = {"target": f"rhvae compile time < {RHVAE_COMPILE_TARGET_S:g} s", "model": "rhvae", "measured": comp,
+           "threshold": RHVAE_COMPILE_TARGET_S, "met": None if comp is None else bool(comp < RHVAE_COMPILE_TARGET_S)}
+    if comp_cpu is not None:
+        rec["measured_cpu_s"] = comp_cpu
+        rec["note"] = f"wall {comp:.1f} s, CPU {comp_cpu:.1f} s (compilation is single-threaded, so the CPU time approximates the wall time on a quiet machine)"
+    out.append(rec)
     return out
 
 
@@ -197,8 +231,8 @@ def markdown(results: dict[str, Any]) -> str:
     for ds in dict.fromkeys(r.get("dataset") for r in results.get("models", [])):
         rows = [r for r in results["models"] if r.get("dataset") == ds]
         lines += [f"## {ds}", ""]
-        head = ("| model | status | parity | aetk_jax step ms | pythae step ms | **step ratio** | step ratio (CPU time) "
-                "| aetk_jax compile s "
+        head = ("| model | status | parity | training | aetk_jax step ms | pythae step ms | **step ratio** | step ratio (CPU time) "
+                "| aetk_jax compile s (wall / CPU) "
                 "| aetk_jax epoch s | pythae epoch s (loop / trainer) | epoch ratio (loop / trainer) "
                 "| memory MB aetk_jax / pythae |")
         sep = "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"
@@ -210,13 +244,17 @@ def markdown(results: dict[str, Any]) -> str:
             a, p, rt = r.get("aetk_jax", {}), r.get("pythae", {}), r.get("ratio", {})
             par = r.get("parity", {})
             par_s = "—" if not par else ("ok" if par.get("ok") else "**FAILED**")
+            san = r.get("sanity") or (training_sanity(r) if r.get("status") == "ok" else {})
+            san_s = {True: "ok", False: "**diverged**", None: "—"}[san.get("ok")]
+            if san.get("ok") is False:
+                san_s += f" (loss {san['aetk_jax_final_loss']:.3g} vs pythae {san['pythae_final_loss']:.3g})"
             s = r.get("setting", {})
             name = f"{r['model']} (b{s.get('batch_size')}, d{s.get('latent_dim')})"
             mem_a = (a.get("memory") or {}).get("steady_peak_delta_mb")
             mem_p = (p.get("memory") or {}).get("steady_peak_delta_mb")
-            row = (f"| {name} | {r.get('status')} | {par_s} | {_f(_ms(a.get('step')))} | {_f(_ms(p.get('step')))} | "
+            row = (f"| {name} | {r.get('status')} | {par_s} | {san_s} | {_f(_ms(a.get('step')))} | {_f(_ms(p.get('step')))} | "
                    f"**{_f(rt.get('step'), '{:.2f}×')}** | {_f(rt.get('step_cpu'), '{:.2f}×')} | "
-                   f"{_f(a.get('compile_s'), '{:.1f}')} | "
+                   f"{_f(a.get('compile_s'), '{:.1f}')} / {_f(a.get('compile_cpu_s'), '{:.1f}')} | "
                    f"{_f(a.get('epoch_s'), '{:.3f}')} | {_f(p.get('epoch_loop_s'), '{:.3f}')} / "
                    f"{_f(p.get('epoch_trainer_s'), '{:.3f}')} | {_f(rt.get('epoch_loop'), '{:.2f}×')} / "
                    f"{_f(rt.get('epoch_trainer'), '{:.2f}×')} | {_f(mem_a, '{:.1f}')} / {_f(mem_p, '{:.1f}')} |")
@@ -228,12 +266,16 @@ def markdown(results: dict[str, Any]) -> str:
         var_rows = [(r, var) for r in rows for var in r.get("variants", [])]
         if var_rows:
             lines += ["Variants (timed in the same interleaved rounds):", "",
-                      "| model | variant | aetk_jax step ms | step ratio | step ratio (CPU time) | compile s | why |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| model | variant | training | aetk_jax step ms | step ratio | step ratio (CPU time) "
+                      "| compile s (wall / CPU) | why |",
+                      "|---|---|---|---|---|---|---|---|"]
             for r, var in var_rows:
-                lines.append(f"| {r['model']} | {var.get('label')} | {_f(_ms(var.get('step')))} | "
+                vs = training_sanity(r)["variants"].get(var.get("label"), {}).get("ok")
+                lines.append(f"| {r['model']} | {var.get('label')} | {({True: 'ok', False: '**diverged**', None: '—'})[vs]} | "
+                             f"{_f(_ms(var.get('step')))} | "
                              f"{_f(var.get('ratio_step'), '{:.2f}×')} | {_f(var.get('ratio_step_cpu'), '{:.2f}×')} | "
-                             f"{_f(var.get('compile_s'), '{:.1f}')} | {var.get('why', '')} |")
+                             f"{_f(var.get('compile_s'), '{:.1f}')} / {_f(var.get('compile_cpu_s'), '{:.1f}')} | "
+                             f"{var.get('why', '')} |")
             lines.append("")
         for r in rows:
             if r.get("status") != "ok" and r.get("error"):
@@ -313,15 +355,41 @@ def find_julia(results_dir: str, suite: str, device: str) -> Optional[dict[str, 
     return data
 
 
+def refresh_derived(results: dict[str, Any]) -> dict[str, Any]:
+    """Recompute the fields derived from the measurements (sanity flags, targets, the
+    shared-machine note) with this version of the code; the measurements are untouched."""
+    for r in results.get("models", []):
+        if r.get("status") == "ok":
+            r["sanity"] = training_sanity(r)
+    results["targets"] = evaluate_targets(results)
+    prefix = "measured while the machine was shared: 1-minute load average"
+    notes = [n for n in results.get("notes", []) if not n.startswith(prefix)]
+    note = shared_machine_note(results.get("machine", {}))
+    if note:
+        notes.insert(1 if notes else 0, note)
+    results["notes"] = notes
+    return results
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Rewrite the Markdown report of a saved results JSON.")
     p.add_argument("json_path")
+    p.add_argument("--update-json", action="store_true",
+                   help="also recompute the derived fields (sanity, targets, notes, figures) and rewrite the JSON")
     a = p.parse_args(argv)
     with open(a.json_path) as f:
         results = json.load(f)
-    print(write_markdown(results, os.path.splitext(a.json_path)[0] + ".md"))
+    if a.update_json:
+        refresh_derived(results)
+        if results.get("scaling"):
+            from . import plots
+
+            results["figures"] = [os.path.basename(p) for p in plots.scaling_figures(results, os.path.splitext(a.json_path)[0])]
+        write_json(results, a.json_path)
+    path = write_markdown(results, os.path.splitext(a.json_path)[0] + ".md")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
