@@ -346,6 +346,31 @@ def _sum_grad(f: Callable[..., jax.Array], argnum: int = 0) -> Callable[..., jax
     return jax.grad(lambda *a: jnp.sum(f(*a)), argnums=argnum)
 
 
+class FixedPointInfo(NamedTuple):
+    """How well one generalised leapfrog step solved its two implicit equations.
+
+    ``rho`` and ``z``: relative residuals, ``(batch,)`` (``()`` for one point), of
+    ρ̃ = ρ − ε/2·∇_z H(z, ρ̃) and z̄ = z + ε/2·[∇_ρ H(z, ρ̃) + ∇_ρ H(z̄, ρ̃)] at the
+    returned iterates: ‖x − (base + f(x))‖ / (‖x − base‖ + τ) with
+    τ = 100·machine-ε·(1 + ‖base‖), i.e. the size of one more fixed-point update
+    relative to the step's total update (0 when converged; around 1 or larger
+    when the iteration does not contract).
+    """
+
+    rho: jax.Array
+    z: jax.Array
+
+    def max(self) -> jax.Array:
+        """The larger of the two residuals, per example."""
+        return jnp.maximum(self.rho, self.z)
+
+
+def _relative_residual(x: jax.Array, x_next: jax.Array, base: jax.Array) -> jax.Array:
+    norm = functools.partial(jnp.linalg.norm, axis=-1)
+    tiny = 100.0 * jnp.finfo(x.dtype).eps * (1.0 + norm(base))
+    return jax.lax.stop_gradient(norm(x_next - x) / (norm(x - base) + tiny))
+
+
 def _leapfrog_step(
     grad_v: Callable[[jax.Array], jax.Array],
     kinetic: Callable[[jax.Array, jax.Array], jax.Array],
@@ -354,21 +379,30 @@ def _leapfrog_step(
     gv_z: jax.Array,
     eps: Any,
     n_fixed_point: int,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """One generalised leapfrog step with ∇V(z) given; returns (z̄, ρ̄, ∇V(z̄), ρ̃) so a scan reuses ∇V."""
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, FixedPointInfo]:
+    """One generalised leapfrog step with ∇V(z) given; returns (z̄, ρ̄, ∇V(z̄), ρ̃, residuals)
+    so a scan reuses ∇V. The residuals cost one more ∇K evaluation per equation (no decoder)."""
     dk_dz = _sum_grad(kinetic, 0)
     dk_drho = _sum_grad(kinetic, 1)
     half = 0.5 * eps
 
     # 1. ρ̃ = ρ − ε/2·∇_z H(z, ρ̃): fixed point, each iteration from the base point ρ
-    rho_t = jax.lax.fori_loop(0, n_fixed_point, lambda _, r: rho - half * (gv_z + dk_dz(z, r)), rho)
+    def f_rho(r: jax.Array) -> jax.Array:
+        return rho - half * (gv_z + dk_dz(z, r))
+
+    rho_t = jax.lax.fori_loop(0, n_fixed_point, lambda _, r: f_rho(r), rho)
     # 2. z̄ = z + ε/2·[∇_ρ H(z, ρ̃) + ∇_ρ H(z̄, ρ̃)]: fixed point, each iteration from z
     g0 = dk_drho(z, rho_t)
-    z_b = jax.lax.fori_loop(0, n_fixed_point, lambda _, zb: z + half * (g0 + dk_drho(zb, rho_t)), z)
+
+    def f_z(zb: jax.Array) -> jax.Array:
+        return z + half * (g0 + dk_drho(zb, rho_t))
+
+    z_b = jax.lax.fori_loop(0, n_fixed_point, lambda _, zb: f_z(zb), z)
+    info = FixedPointInfo(_relative_residual(rho_t, f_rho(rho_t), rho), _relative_residual(z_b, f_z(z_b), z))
     # 3. ρ̄ = ρ̃ − ε/2·∇_z H(z̄, ρ̃): explicit
     gv_b = grad_v(z_b)
     rho_b = rho_t - half * (gv_b + dk_dz(z_b, rho_t))
-    return z_b, rho_b, gv_b, rho_t
+    return z_b, rho_b, gv_b, rho_t, info
 
 
 def general_leapfrog(
@@ -378,7 +412,9 @@ def general_leapfrog(
     rho: jax.Array,
     eps: Any,
     n_fixed_point: int = 5,
-) -> tuple[jax.Array, jax.Array]:
+    *,
+    return_info: bool = False,
+) -> Any:
     """One generalised (implicit) leapfrog step for H(z, ρ) = V(z) + K(z, ρ).
 
     ``potential_fn(z)`` → V, ``kinetic_fn(z, ρ)`` → K (per-example energies, summed
@@ -392,13 +428,16 @@ def general_leapfrog(
         ρ̄ = ρ̃ − ε/2·∇_z H(z̄, ρ̃)                       (explicit)
 
     Each fixed point iterates x ← base + f(x), restarting from the base point (the
-    paper's equations), as a ``lax.fori_loop``. Returns ``(z̄, ρ̄)``.
+    paper's equations), as a ``lax.fori_loop``. Returns ``(z̄, ρ̄)``, or with
+    ``return_info`` ``(z̄, ρ̄, FixedPointInfo)`` holding the relative residuals of
+    the two implicit equations (a residual near or above 1 means the iteration
+    did not converge: lower ``eps``).
     """
     check_int(n_fixed_point, "n_fixed_point", minimum=1)
     check_scalar(eps, "eps", positive=True, allow_vector=True)
     grad_v = _sum_grad(potential_fn)
-    z_b, rho_b, _, _ = _leapfrog_step(grad_v, kinetic_fn, z, rho, grad_v(z), eps, n_fixed_point)
-    return z_b, rho_b
+    z_b, rho_b, _, _, info = _leapfrog_step(grad_v, kinetic_fn, z, rho, grad_v(z), eps, n_fixed_point)
+    return (z_b, rho_b, info) if return_info else (z_b, rho_b)
 
 
 # ---------------------------------------------------------------------------
@@ -411,7 +450,9 @@ class PhaseSpace(NamedTuple):
 
     ``z0``, ``gamma``, ``rho0`` = γ/√β₀, ``zK``, ``rhoK`` ``(batch, d)``;
     ``loglik`` = log p(x|z_K), ``logprior`` = log p(z_K), ``logp_momentum`` =
-    log N(ρ_K; 0, G(z_K)), ``logq`` = log q(z₀|x), ``logq_momentum`` = log N(γ; 0, G(z₀)).
+    log N(ρ_K; 0, G(z_K)), ``logq`` = log q(z₀|x), ``logq_momentum`` = log N(γ; 0, G(z₀));
+    ``fixed_point_residual`` ``(batch,)``: the largest relative residual of the implicit
+    equations over the K steps (:class:`FixedPointInfo`).
     """
 
     z0: jax.Array
@@ -424,6 +465,7 @@ class PhaseSpace(NamedTuple):
     logp_momentum: jax.Array
     logq: jax.Array
     logq_momentum: jax.Array
+    fixed_point_residual: jax.Array
 
     @property
     def elbo(self) -> jax.Array:
@@ -431,9 +473,12 @@ class PhaseSpace(NamedTuple):
         return (self.loglik + self.logprior + self.logp_momentum) - (self.logq + self.logq_momentum)
 
 
+FLOW_GRADIENTS = ("full", "detached")
+
+
 def _check_call(
     model: RHVAE, x: Any, key: Any, K: Any, eps: Any, beta0: Any, tempering: Any, n_fixed_point: Any,
-    metric_source: Any,
+    metric_source: Any, flow_gradient: Any = "full", fixed_point_tol: Any = 1.0,
 ) -> None:
     check_inputs(model, x, key)
     hvae.check_hyper(K, eps, beta0, tempering)
@@ -442,6 +487,9 @@ def _check_call(
     check_int(n_fixed_point, "n_fixed_point", minimum=1)
     if metric_source not in METRIC_SOURCES:
         raise ValueError(f"`metric_source` must be one of {METRIC_SOURCES}, got {metric_source!r}")
+    if flow_gradient not in FLOW_GRADIENTS:
+        raise ValueError(f"`flow_gradient` must be one of {FLOW_GRADIENTS}, got {flow_gradient!r}")
+    check_scalar(fixed_point_tol, "fixed_point_tol", positive=True)
 
 
 def _training_metric(model: RHVAE, variables: Variables, x: jax.Array, enc_out: Any, source: str) -> Metric:
@@ -453,7 +501,8 @@ def _training_metric(model: RHVAE, variables: Variables, x: jax.Array, enc_out: 
     return stored_metric(model, variables)
 
 
-def _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source):
+def _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source,
+                      flow_gradient="full"):
     enc_out = encode(model, variables, x)
     metric = _training_metric(model, variables, x, enc_out, metric_source)
     k_z, k_rho = jax.random.split(key)
@@ -470,10 +519,13 @@ def _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixe
 
     def body(carry, b):
         z, rho, gv = carry
-        z, rho, gv, _ = _leapfrog_step(grad_v, kinetic, z, rho, gv, eps, n_fixed_point)
-        return (z, hvae.tempered_momentum(rho, b[0], b[1]), gv), None
+        z_b, rho_b, gv, _, info = _leapfrog_step(grad_v, kinetic, z, rho, gv, eps, n_fixed_point)
+        if flow_gradient == "detached":  # the flow's moves are constants to the optimiser (pythae)
+            z_b = z + jax.lax.stop_gradient(z_b - z)
+            rho_b = rho + jax.lax.stop_gradient(rho_b - rho)
+        return (z_b, hvae.tempered_momentum(rho_b, b[0], b[1]), gv), info.max()
 
-    (zK, rhoK, _), _ = jax.lax.scan(body, (z0, rho0, grad_v(z0)), (betas[:-1], betas[1:]))
+    (zK, rhoK, _), residuals = jax.lax.scan(body, (z0, rho0, grad_v(z0)), (betas[:-1], betas[1:]))
     return PhaseSpace(
         z0=z0,
         gamma=gamma,
@@ -485,10 +537,17 @@ def _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixe
         logp_momentum=riemannian_logprior(rhoK, inverse_metric(metric, zK)),
         logq=encoder_logposterior(model.encoder, z0, enc_out),
         logq_momentum=riemannian_logprior(gamma, ginv0),
+        fixed_point_residual=jnp.max(residuals, axis=0),
     )
 
 
-_STATIC = ("model", "K", "tempering", "n_fixed_point", "metric_source")
+def _checked_elbo(ps: PhaseSpace, fixed_point_tol: Any) -> jax.Array:
+    """``ps.elbo``, NaN for every example whose fixed points did not converge."""
+    ok = ps.fixed_point_residual <= fixed_point_tol
+    return jnp.where(ok, ps.elbo, jnp.nan)
+
+
+_STATIC = ("model", "K", "tempering", "n_fixed_point", "metric_source", "flow_gradient")
 _phase_space_jit = jax.jit(_phase_space_impl, static_argnames=_STATIC)
 
 
@@ -504,15 +563,17 @@ def phase_space(
     tempering: Callable = quadratic_tempering,
     n_fixed_point: int = 5,
     metric_source: str = "batch",
+    flow_gradient: str = "full",
 ) -> PhaseSpace:
     """Encode, draw z₀ ~ q(z|x) and γ ~ N(0, G(z₀)), set ρ₀ = γ/√β₀, run K tempered
     generalised leapfrog steps (one ``lax.scan``; after step k, ρ ← ρ·√(β_{k−1}/β_k)),
     and score the end points (see the module docstring). Arguments as :func:`loss`;
-    one jitted computation."""
-    _check_call(model, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source)
+    one jitted computation. The raw terms: no convergence check (see
+    ``PhaseSpace.fixed_point_residual``)."""
+    _check_call(model, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source, flow_gradient)
     return _phase_space_jit(
         model, variables, x, key, K=K, eps=eps, beta0=beta0, tempering=tempering,
-        n_fixed_point=n_fixed_point, metric_source=metric_source,
+        n_fixed_point=n_fixed_point, metric_source=metric_source, flow_gradient=flow_gradient,
     )
 
 
@@ -528,19 +589,27 @@ def elbo(
     tempering: Callable = quadratic_tempering,
     n_fixed_point: int = 5,
     metric_source: str = "batch",
+    flow_gradient: str = "full",
+    fixed_point_tol: float = 0.5,
 ) -> jax.Array:
-    """Per-example Riemannian Hamiltonian ELBO log p̄ − log q̄, ``(batch,)``."""
-    return phase_space(
+    """Per-example Riemannian Hamiltonian ELBO log p̄ − log q̄, ``(batch,)``; NaN for an
+    example whose fixed-point iterations did not converge (arguments as :func:`loss`)."""
+    _check_call(model, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source, flow_gradient,
+                fixed_point_tol)
+    ps = _phase_space_jit(
         model, variables, x, key, K=K, eps=eps, beta0=beta0, tempering=tempering,
-        n_fixed_point=n_fixed_point, metric_source=metric_source,
-    ).elbo
+        n_fixed_point=n_fixed_point, metric_source=metric_source, flow_gradient=flow_gradient,
+    )
+    return _checked_elbo(ps, fixed_point_tol)
 
 
-def _loss_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source, aux):
-    ps = _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source)
-    elbo_b = ps.elbo
-    value = -jnp.mean(elbo_b)
+def _loss_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source,
+               flow_gradient, fixed_point_tol, aux):
+    ps = _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source,
+                           flow_gradient)
+    value = -jnp.mean(_checked_elbo(ps, fixed_point_tol))
     loglik = jnp.mean(ps.loglik)
+    residual = jnp.max(ps.fixed_point_residual)
     metrics = {
         "loglikelihood": loglik,
         "kl": loglik + value,
@@ -549,6 +618,8 @@ def _loss_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixed_point
         "logq": jnp.mean(ps.logq),
         "logq_momentum": jnp.mean(ps.logq_momentum),
         "elbo": -value,
+        "fixed_point_residual": residual,
+        "converged": (residual <= fixed_point_tol).astype(value.dtype),
     }
     return finish(value, metrics, aux)
 
@@ -568,6 +639,8 @@ def loss(
     tempering: Callable = quadratic_tempering,
     n_fixed_point: int = 5,
     metric_source: str = "batch",
+    flow_gradient: str = "full",
+    fixed_point_tol: float = 0.5,
     aux: bool = False,
 ) -> Any:
     """Negative RHVAE ELBO averaged over the batch; a scalar (one jitted computation).
@@ -576,15 +649,32 @@ def loss(
     temperature ``beta0`` ∈ (0, 1], ``tempering(beta0, k, K)`` schedule
     (``aet.hvae.quadratic_tempering`` or ``null_tempering``), ``n_fixed_point``
     iterations per implicit update, ``metric_source`` ∈ {"batch" (default,
-    paper/pythae), "centroids" (Julia), "stored"}. With ``aux=True`` returns
-    ``(loss, metrics)`` with the batch means of ``loglikelihood`` (log p(x|z_K)),
-    ``logprior``, ``logp_momentum``, ``logq``, ``logq_momentum``, ``elbo`` and
-    ``kl`` = log q̄ − log p̄ + log p(x|z_K) (so ``elbo = loglikelihood − kl``).
+    paper/pythae), "centroids" (Julia), "stored"}.
+
+    ``flow_gradient``: ``"full"`` (default, the paper's reparameterisation
+    gradient: the optimiser differentiates through the K leapfrog steps, ∇H
+    included) or ``"detached"`` (pythae: the flow's moves z_K − z₀ and the
+    momentum kicks are constants to the optimiser, so gradients reach the
+    networks only through z₀, γ and the log-densities; cheaper, and stable where
+    the full gradient keeps enlarging G⁻¹ — the effective step ε·G⁻¹ — until the
+    integrator diverges; see the RHVAE docs page).
+
+    ``fixed_point_tol``: an example whose largest relative fixed-point residual
+    (:class:`FixedPointInfo`) exceeds it gets a NaN ELBO instead of a value from a
+    diverged integrator, so ``fit`` stops (or skips the step) and says so.
+
+    With ``aux=True`` returns ``(loss, metrics)`` with the batch means of
+    ``loglikelihood`` (log p(x|z_K)), ``logprior``, ``logp_momentum``, ``logq``,
+    ``logq_momentum``, ``elbo`` and ``kl`` = log q̄ − log p̄ + log p(x|z_K) (so
+    ``elbo = loglikelihood − kl``), plus ``fixed_point_residual`` (the batch's
+    largest) and ``converged`` (1 when it is within ``fixed_point_tol``, else 0).
     """
-    _check_call(model, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source)
+    _check_call(model, x, key, K, eps, beta0, tempering, n_fixed_point, metric_source, flow_gradient,
+                fixed_point_tol)
     return _loss_jit(
         model, variables, x, key, K=K, eps=eps, beta0=beta0, tempering=tempering,
-        n_fixed_point=n_fixed_point, metric_source=metric_source, aux=aux,
+        n_fixed_point=n_fixed_point, metric_source=metric_source, flow_gradient=flow_gradient,
+        fixed_point_tol=fixed_point_tol, aux=aux,
     )
 
 
@@ -700,6 +790,7 @@ __all__ = [
     "MetricNetwork",
     "Metric",
     "PhaseSpace",
+    "FixedPointInfo",
     "G_inv",
     "metric_tensor",
     "log_volume",

@@ -222,12 +222,19 @@ class EpochResult(NamedTuple):
     metrics: Metrics  # mean over the epoch's good steps
     bad_step: jax.Array  # index within the epoch of the first non-finite step, or -1
     bad_metrics: Metrics  # the metrics of that step
+    ref: Any = None  # the reference loss of the divergence check (NaN until the first good step)
 
 
 def make_epoch(
-    step: Callable, batch_size: int, sharding: Any = None, *, skip_nonfinite: bool = False, skip_factor: float = 0.5
+    step: Callable,
+    batch_size: int,
+    sharding: Any = None,
+    *,
+    skip_nonfinite: bool = False,
+    skip_factor: float = 0.5,
+    divergence_factor: Optional[float] = None,
 ) -> Callable:
-    """``epoch(state, x, key) -> EpochResult``: shuffle, then ``lax.scan`` the step over batches.
+    """``epoch(state, x, key, ref=None) -> EpochResult``: shuffle, then ``lax.scan`` the step over batches.
 
     The last ``len(x) % batch_size`` examples of each shuffled order are
     dropped (a different remainder every epoch), so every batch has the same
@@ -238,9 +245,15 @@ def make_epoch(
     state keeps its previous value, with the learning-rate factor of
     :func:`scale_by_lr_factor` multiplied by ``skip_factor``) and training goes
     on; the metrics then also hold ``skipped``, the number of skipped steps.
+
+    With ``divergence_factor`` f a step whose finite loss L exceeds the
+    reference loss L₀ by more than f·max(|L₀|, 1) counts as failed like a
+    non-finite one (a blow-up that has not reached inf yet). L₀ is ``ref``, or,
+    while ``ref`` is NaN or None, the first good step's loss; the result's
+    ``ref`` carries it to the next epoch.
     """
 
-    def epoch(state: TrainState, x: jax.Array, key: jax.Array) -> EpochResult:
+    def epoch(state: TrainState, x: jax.Array, key: jax.Array, ref: Any = None) -> EpochResult:
         perm_key, step_key = jax.random.split(key)
         n_batches = x.shape[0] // batch_size
         idx = jax.random.permutation(perm_key, x.shape[0])[: n_batches * batch_size]
@@ -248,12 +261,19 @@ def make_epoch(
         keys = jax.random.split(step_key, n_batches)
 
         def body(carry, inp):
-            state, bad_step, bad_metrics, sums, n_good, i = carry
+            state, bad_step, bad_metrics, sums, n_good, i, ref = carry
             batch_idx, k = inp
             batch = x[batch_idx]
             if sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, sharding)
             new, metrics = step(state, batch, k)
+            if divergence_factor is not None:
+                loss = metrics["loss"].astype(jnp.float32)
+                limit = ref + divergence_factor * jnp.maximum(jnp.abs(ref), 1.0)
+                diverged = jnp.isfinite(ref) & (loss > limit)
+                finite = metrics["finite"] * (1.0 - diverged.astype(jnp.float32))
+                metrics = {**metrics, "finite": finite, "diverged": diverged.astype(jnp.float32)}
+                ref = jnp.where(jnp.isnan(ref) & (finite > 0), loss, ref)
             first_bad = (metrics["finite"] == 0) & (bad_step < 0)
             if skip_nonfinite:  # skip the step and lower the learning rate
                 ok = metrics["finite"] > 0
@@ -266,16 +286,19 @@ def make_epoch(
             )
             bad_step = jnp.where(first_bad, i, bad_step)
             sums = jax.tree_util.tree_map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
-            return (state, bad_step, bad_metrics, sums, n_good + ok, i + 1), None
+            return (state, bad_step, bad_metrics, sums, n_good + ok, i + 1, ref), None
 
-        metrics_shape = jax.eval_shape(step, state, x[idx[0]], keys[0])[1]
+        metrics_shape = dict(jax.eval_shape(step, state, x[idx[0]], keys[0])[1])
+        if divergence_factor is not None:
+            metrics_shape["diverged"] = metrics_shape["finite"]
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics_shape)
-        init = (state, jnp.int32(-1), zeros, zeros, jnp.int32(0), jnp.int32(0))
-        (state, bad_step, bad_metrics, sums, n_good, _), _ = jax.lax.scan(body, init, (idx, keys))
+        ref = jnp.asarray(jnp.nan if ref is None else ref, jnp.float32)
+        init = (state, jnp.int32(-1), zeros, zeros, jnp.int32(0), jnp.int32(0), ref)
+        (state, bad_step, bad_metrics, sums, n_good, _, ref), _ = jax.lax.scan(body, init, (idx, keys))
         means = jax.tree_util.tree_map(lambda s: s / jnp.maximum(n_good, 1), sums)
         if skip_nonfinite:
             means = {**means, "skipped": (n_batches - n_good).astype(jnp.float32)}
-        return EpochResult(state, means, bad_step, bad_metrics)
+        return EpochResult(state, means, bad_step, bad_metrics, ref)
 
     return epoch
 
@@ -327,6 +350,25 @@ class NonFiniteError(FloatingPointError):
         self.step, self.terms, self.checkpoint = step, terms, checkpoint
 
 
+def _failure_detail(terms: dict[str, float], nonfinite: list[str], ref: float, factor: Optional[float]) -> str:
+    """What went wrong at a failed step, from its metrics (for ``fit``'s messages)."""
+    parts = []
+    if terms.get("diverged", 0.0) > 0:
+        parts.append(
+            f"the loss diverged to {terms['loss']:.4g}, more than divergence_factor={factor:g} × max(|L0|, 1) "
+            f"above the run's first loss L0={ref:.4g}"
+        )
+    else:
+        parts.append(f"non-finite terms: {', '.join(nonfinite) or 'gradient only'}")
+    if "converged" in terms and not terms["converged"] > 0:
+        res = terms.get("fixed_point_residual", math.nan)
+        parts.append(
+            f"the leapfrog's fixed-point iterations did not converge (fixed_point_residual={res:.3g}); "
+            "lower eps or the learning rate, raise n_fixed_point, or for an RHVAE pass flow_gradient='detached'"
+        )
+    return "; ".join(parts)
+
+
 def _as_array(data: Any, name: str) -> jax.Array:
     x = getattr(data, "x", data)  # an aet.data.Dataset or an array
     check_array(x, name)
@@ -361,6 +403,7 @@ def fit(
     keep_checkpoints: int = 3,
     on_nonfinite: str = "stop",
     nonfinite_factor: float = 0.5,
+    divergence_factor: Optional[float] = 1e3,
 ) -> tuple[Variables, dict[str, Any]]:
     """Train ``model`` on ``data`` and return ``(variables, history)``.
 
@@ -407,6 +450,12 @@ def fit(
     ``RuntimeWarning`` names the terms; ``history["train"]`` then also records
     ``skipped`` steps and ``lr_scale`` per epoch. ``NonFiniteError`` is still
     raised when a whole epoch is skipped or the factor falls below 1e-6.
+
+    Divergence: a step whose loss is finite but exceeds the run's first loss L₀
+    by more than ``divergence_factor``·max(|L₀|, 1) is treated the same way
+    (a blow-up is caught before it reaches inf; ``None`` turns the check off).
+    A loss that reports ``converged`` = 0 (RHVAE's fixed-point iterations) is
+    named in the message.
     """
     check_key(key)
     check_int(epochs, "epochs", minimum=0)
@@ -419,6 +468,8 @@ def fit(
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"`on_nonfinite` must be 'stop' or 'skip', got {on_nonfinite!r}")
     check_scalar(nonfinite_factor, "nonfinite_factor", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+    if divergence_factor is not None:
+        check_scalar(divergence_factor, "divergence_factor", positive=True)
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir` (the folder to resume from)")
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
@@ -464,8 +515,14 @@ def fit(
             x_val = parallel.gather_data(x_val, mesh)
 
     run_epoch = jax.jit(
-        make_epoch(trainer.step, batch_size, batch_sharding, skip_nonfinite=skip, skip_factor=nonfinite_factor)
+        make_epoch(
+            trainer.step, batch_size, batch_sharding, skip_nonfinite=skip, skip_factor=nonfinite_factor,
+            divergence_factor=divergence_factor,
+        )
     )
+    # trace the end-of-epoch update now, so that its argument errors (e.g. an RHVAE
+    # with more centroids than data) surface before the first epoch is trained
+    jax.eval_shape(trainer.end_epoch, state, x)
     end_epoch = jax.jit(trainer.end_epoch)
     evaluate = make_evaluator(loss_fn, batch_size) if x_val is not None else None
 
@@ -519,9 +576,11 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, initial=start, desc=type(model).__name__, unit="epoch")
+    ref = None
     try:
         for epoch in range(start, epochs):
-            res = run_epoch(state, x, jax.random.fold_in(train_key, epoch))
+            res = run_epoch(state, x, jax.random.fold_in(train_key, epoch), ref)
+            ref = res.ref
             bad = int(res.bad_step)
             n_skipped = int(res.metrics["skipped"]) if skip else 0
             scale = lr_scale(res.state) if skip else None
@@ -529,6 +588,8 @@ def fit(
                 good = res.state
                 terms = {k: float(v) for k, v in jax.device_get(res.bad_metrics).items()}
                 nonfinite = sorted(k for k, v in terms.items() if k != "finite" and not math.isfinite(v))
+                detail = _failure_detail(terms, nonfinite, float(ref) if ref is not None else math.nan,
+                                         divergence_factor)
                 gstep = int(good.step)
                 where = last_ckpt or "none written (pass checkpoint_dir to keep one)"
                 n_batches = x.shape[0] // batch_size
@@ -536,8 +597,8 @@ def fit(
                     import warnings
 
                     warnings.warn(
-                        f"epoch {epoch}: skipped {n_skipped} of {n_batches} steps with a non-finite loss or "
-                        f"gradient (first at batch {bad}); non-finite terms: {', '.join(nonfinite) or 'gradient only'}; "
+                        f"epoch {epoch}: skipped {n_skipped} of {n_batches} steps with a non-finite or diverged "
+                        f"loss or gradient (first at batch {bad}); {detail}; "
                         f"learning-rate factor now {scale:.3g}",
                         RuntimeWarning,
                         stacklevel=2,
@@ -549,8 +610,8 @@ def fit(
                         else "Training stopped"
                     )
                     msg = (
-                        f"non-finite loss or gradient at epoch {epoch}, batch {bad} (update {gstep}); "
-                        f"non-finite terms: {', '.join(nonfinite) or 'gradient only'}. {why}; "
+                        f"non-finite or diverged loss or gradient at epoch {epoch}, batch {bad} (update {gstep}); "
+                        f"{detail}. {why}; "
                         f"the returned parameters are the last good ones. Last good checkpoint: {where}"
                     )
                     raise NonFiniteError(
@@ -560,6 +621,7 @@ def fit(
             state = end_epoch(res.state, x)
             train_metrics = _to_host(res.metrics)
             train_metrics.pop("finite", None)
+            train_metrics.pop("diverged", None)
             if skip:
                 train_metrics["lr_scale"] = scale
             history["epoch"].append(epoch)

@@ -457,6 +457,34 @@ def test_vae_divergence_names_the_elbo_terms():
     assert "non-finite terms:" in str(info.value)
 
 
+def quadratic_loss(variables, x, key, aux=False):
+    """Σ (w − 1)²: gradient ascent with lr 1 (sgd(−1)) multiplies w − 1 by 3 per update, so the
+    loss after t updates is d·9ᵗ — finite for a long time, but diverging."""
+    loss = jnp.sum((variables["params"]["w"] - 1.0) ** 2)
+    return (loss, {"quadratic": loss}) if aux else loss
+
+
+def test_huge_but_finite_loss_stops_as_divergence():
+    x = np.full((8, 4), 0.5, np.float32)
+    kw = dict(key=jax.random.key(0), optimizer=optax.sgd(-1.0), batch_size=4, progress=False)
+    with pytest.raises(aet.train.NonFiniteError, match="diverged") as info:
+        aet.train.fit(Lin(), quadratic_loss, x, epochs=5, **kw)
+    err = info.value
+    # losses 4·9ᵗ: the first one (L0 = 4) is the reference, the limit 4 + 1e3·4 = 4004 is
+    # first exceeded at t = 4 (26244); t = 3 gives 2916
+    assert err.step == 4 and err.epoch == 2
+    assert err.terms["loss"] == pytest.approx(4 * 9.0**4) and np.isfinite(err.terms["loss"])
+    assert "above the run's first loss L0=4" in str(err)
+    np.testing.assert_array_equal(err.variables["params"]["w"], np.full(4, 1.0 - 3.0**4, np.float32))
+    # the factor is configurable; None turns the check off (10 updates: 4·9¹⁰ ≈ 1.4e10, still finite)
+    with pytest.raises(aet.train.NonFiniteError, match="diverged") as info:
+        aet.train.fit(Lin(), quadratic_loss, x, epochs=5, divergence_factor=1e5, **kw)
+    assert info.value.step == 6  # 4·9⁶ ≈ 2.1e6 > 4 + 4e5
+    v, h = aet.train.fit(Lin(), quadratic_loss, x, epochs=5, divergence_factor=None, **kw)
+    np.testing.assert_allclose(v["params"]["w"], np.full(4, 1.0 - 3.0**10), rtol=1e-6)
+    assert "diverged" not in h["train"]
+
+
 # --------------------------------------------------------------------------- fit's argument checks
 
 
@@ -477,6 +505,7 @@ def test_vae_divergence_names_the_elbo_terms():
         ({"val_data": np.ones((3, 5), np.float32)}, ValueError, "`val_data` has per-example shape"),
         ({"on_nonfinite": "explode"}, ValueError, "`on_nonfinite` must be 'stop' or 'skip'"),
         ({"nonfinite_factor": 1.5}, ValueError, "`nonfinite_factor` must be < 1"),
+        ({"divergence_factor": -1.0}, ValueError, "`divergence_factor` must be > 0"),
         ({"resume": True}, ValueError, "`resume=True` needs `checkpoint_dir`"),
         ({"loss_fn": "vae"}, TypeError, "`loss_fn` must be a callable"),
         ({"model": object()}, TypeError, "`model` must be a flax module"),

@@ -183,7 +183,7 @@ def _step(model, v, x, z, rho, n, eps):
     with the whole H passed as the kinetic part."""
     V, K = rhvae._energies(model, v, x, rhvae.stored_metric(model, v))
     grad_v = jax.grad(lambda a: jnp.sum(V(a)))
-    zb, rb, _, rt = rhvae._leapfrog_step(grad_v, K, z, rho, grad_v(z), eps, n)
+    zb, rb, _, rt, _ = rhvae._leapfrog_step(grad_v, K, z, rho, grad_v(z), eps, n)
     H = functools.partial(rhvae.hamiltonian, model, v, x)
     zb2, rb2 = rhvae.general_leapfrog(lambda a: jnp.zeros(a.shape[:-1], a.dtype), H, z, rho, eps, n)
     # residuals of the two implicit equations, with ∇_z H by jax.grad of the full H and G⁻¹ from G_inv
@@ -324,7 +324,7 @@ def trained(digits):
     dec = aet.BernoulliDecoder(aet.MLP([32], final_activation=nn.relu), 64)
     met = rhvae.MetricNetwork(aet.MLP([32], final_activation=nn.relu), 2)
     model = aet.RHVAE(enc, dec, met, 32, 0.8, 1e-2)
-    loss = functools.partial(rhvae.loss, model, eps=0.01)
+    loss = functools.partial(rhvae.loss, model, eps=0.003)
     variables, history = aet.train.fit(model, loss, train, key=jax.random.key(0), epochs=5, batch_size=128,
                                        optimizer=optax.adam(3e-3), progress=False)
     return model, variables, history, train
@@ -408,6 +408,121 @@ def test_train_step_is_one_xla_computation_without_host_callbacks():
     assert all("lapack" in n or "cholesky" in n or "trsm" in n or "Sharding" in n for n in names), names
 
 
+# --------------------------------------------------------------------------- convergence and gradient modes
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _step_info(model, v, x, z, rho, n, eps):
+    """general_leapfrog's residuals, and the same relative residuals computed here
+    from the two implicit equations (∇_z H by jax.grad of the full H, G⁻¹ from G_inv)."""
+    H = functools.partial(rhvae.hamiltonian, model, v, x)
+    zb, rb, info = rhvae.general_leapfrog(lambda a: jnp.zeros(a.shape[:-1], a.dtype), H, z, rho, eps, n,
+                                          return_info=True)
+    # ρ̃ is not returned: recover it from ρ̄ = ρ̃ − ε/2·∇_z H(z̄, ρ̃) by solving with many iterations
+    rt = jax.lax.fori_loop(0, 200, lambda _, r: rho - eps / 2 * jax.grad(lambda a: jnp.sum(H(a, r)))(z), rho)
+    return zb, rb, info, rt
+
+
+def test_fixed_point_residuals_are_reported(rng):
+    with jax.enable_x64(True):
+        model = tiny_model()
+        v, x = f64_variables(model, rng)
+        z, rho = jnp.asarray(0.5 * rng.standard_normal((3, 2))), jnp.asarray(rng.standard_normal((3, 2)))
+        norm = lambda a: np.linalg.norm(np.asarray(a), axis=-1)  # noqa: E731
+        gi = lambda a: np.asarray(rhvae.G_inv(model, v, a))  # noqa: E731
+        for n, eps in [(2, 0.1), (3, 0.3)]:
+            zb, rb, info, _ = _step_info(model, v, x, z, rho, n, eps)
+            assert info.rho.shape == info.z.shape == (3,)
+            # the z equation's residual at z̄, from G⁻¹ directly: ‖z + ε/2 (G⁻¹(z) + G⁻¹(z̄)) ρ̃ − z̄‖ / ‖z̄ − z‖;
+            # ρ̃ from n iterations (what the step used) is re-derived with general_leapfrog's own ρ map
+            H = functools.partial(rhvae.hamiltonian, model, v, x)
+            r = rho
+            for _ in range(n):
+                r = rho - eps / 2 * jax.grad(lambda a: jnp.sum(H(a, r)))(z)
+            res_rho = norm(rho - eps / 2 * jax.grad(lambda a: jnp.sum(H(a, r)))(z) - r) / norm(r - rho)
+            z_next = np.asarray(z) + eps / 2 * np.einsum("bij,bj->bi", gi(z) + gi(zb), np.asarray(r))
+            res_z = norm(z_next - zb) / norm(zb - z)
+            np.testing.assert_allclose(np.asarray(info.rho), res_rho, rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(info.z), res_z, rtol=1e-6)
+            assert np.all(res_z > 1e-8)  # few iterations at a large step: a visible residual
+        # the default 5 iterations at ε = 1e-4 converge to rounding
+        _, _, info, _ = _step_info(model, v, x, z, rho, 5, 1e-4)
+        assert float(jnp.max(info.max())) < 1e-9
+
+
+def _divergent_setting(rng):
+    """A tiny RHVAE whose stored metric makes ε·G⁻¹ large: the fixed points diverge."""
+    model = tiny_model(lam=0.05)
+    v, x = f64_variables(model, rng, batch=4)
+    c, M = random_metric(rng, model.n_centroids, model.latent_dim, scale=0.3)
+    v = {**v, "metric": {**v["metric"], "centroids": jnp.asarray(c), "M": 1e4 * jnp.asarray(M)}}
+    return model, v, x
+
+
+def test_non_convergent_fixed_points_give_nan_and_are_reported(rng):
+    with jax.enable_x64(True):
+        model, v, x = _divergent_setting(rng)
+        key = jax.random.key(3)
+        kw = dict(eps=0.05, metric_source="stored")
+        ps = rhvae.phase_space(model, v, x, key, **kw)
+        res = np.asarray(ps.fixed_point_residual)
+        assert np.any(res > 0.5), res  # the iteration does not contract
+        elbo = np.asarray(rhvae.elbo(model, v, x, key, **kw))
+        np.testing.assert_array_equal(np.isnan(elbo), res > 0.5)  # NaN exactly where unconverged
+        value, m = rhvae.loss(model, v, x, key, aux=True, **kw)
+        assert np.isnan(float(value)) and float(m["converged"]) == 0.0
+        assert float(m["fixed_point_residual"]) == pytest.approx(float(res.max()))
+        # a small ε converges
+        value, m = rhvae.loss(model, v, x, key, aux=True, eps=1e-6, metric_source="stored")
+        assert np.isfinite(float(value)) and float(m["converged"]) == 1.0 and float(m["fixed_point_residual"]) < 1e-6
+
+
+def test_fit_stops_on_a_non_convergent_fixed_point(rng):
+    model, v, x = _divergent_setting(rng)
+    v = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), v)
+    x = jnp.asarray(np.tile(np.asarray(x, np.float32), (8, 1)))
+    loss = functools.partial(rhvae.loss, model, eps=0.05, metric_source="stored")
+    with pytest.raises(aet.train.NonFiniteError, match="fixed-point iterations did not converge") as err:
+        aet.train.fit(model, loss, x, key=jax.random.key(0), epochs=1, batch_size=8, variables=v, progress=False)
+    assert err.value.step == 0 and err.value.terms["converged"] == 0.0
+
+
+def test_detached_flow_gradient(rng):
+    """Same value; the decoder's gradient is then that of log p(x|z_K) at a fixed z_K."""
+    with jax.enable_x64(True):
+        model = tiny_model()
+        v, x = f64_variables(model, rng)
+        key = jax.random.key(5)
+        kw = dict(eps=0.05, K=2)
+        full = lambda p: rhvae.loss(model, {**v, "params": p}, x, key, **kw)  # noqa: E731
+        det = lambda p: rhvae.loss(model, {**v, "params": p}, x, key, flow_gradient="detached", **kw)  # noqa: E731
+        assert float(det(v["params"])) == pytest.approx(float(full(v["params"])), rel=1e-13)
+        zK = rhvae.phase_space(model, v, x, key, **kw).zK
+
+        def ref(p):  # only the likelihood at the (constant) end point depends on the decoder
+            return -jnp.mean(aet.base.loglikelihood(model, {**v, "params": p}, x, zK))
+
+        g_det = jax.grad(det)(v["params"])["decoder"]
+        g_full = jax.grad(full)(v["params"])["decoder"]
+        g_ref = jax.grad(ref)(v["params"])["decoder"]
+        flat = lambda t: ravel_pytree(t)[0]  # noqa: E731
+        np.testing.assert_allclose(flat(g_det), flat(g_ref), rtol=1e-10, atol=1e-12)
+        assert np.max(np.abs(flat(g_full) - flat(g_ref))) > 1e-6  # the full gradient also goes through the flow
+
+
+def test_fit_checks_n_centroids_before_training(rng, tmp_path):
+    enc = aet.JointGaussianLogEncoder(aet.MLP([4]), 2)
+    dec = aet.BernoulliDecoder(aet.MLP([4]), 5)
+    model = aet.RHVAE(enc, dec, rhvae.MetricNetwork(aet.MLP([4]), 2), 16)
+    x = jnp.asarray(rng.uniform(size=(12, 5)) > 0.5, jnp.float32)
+    calls = []
+    with pytest.raises(ValueError, match="n_centroids"):
+        aet.train.fit(model, functools.partial(rhvae.loss, model), x, key=jax.random.key(0), epochs=2,
+                      batch_size=4, checkpoint_dir=str(tmp_path), callbacks=[lambda *a: calls.append(a)],
+                      progress=False)
+    assert calls == [] and list(tmp_path.iterdir()) == []  # no epoch ran
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -430,7 +545,8 @@ def test_bad_input_raises_value_error_naming_the_argument(rng):
         trainer.end_epoch(trainer.init(v), x)
     key = jax.random.key(1)
     for kw, name in [(dict(K=0), "K"), (dict(eps=0.0), "eps"), (dict(eps=-1e-3), "eps"),
-                     (dict(beta0=0.0), "beta0"), (dict(beta0=1.5), "beta0"), (dict(n_fixed_point=0), "n_fixed_point")]:
+                     (dict(beta0=0.0), "beta0"), (dict(beta0=1.5), "beta0"), (dict(n_fixed_point=0), "n_fixed_point"),
+                     (dict(flow_gradient="none"), "flow_gradient"), (dict(fixed_point_tol=0.0), "fixed_point_tol")]:
         with pytest.raises(ValueError, match=f"`{name}`"):
             rhvae.loss(model, v, x, key, **kw)
         with pytest.raises(ValueError, match=f"`{name}`"):

@@ -19,7 +19,8 @@ from _common import bernoulli_decoder, epochs, gaussian_encoder, mlp, out_dir  #
 train, val = aet.data.load_digits()
 model = aet.RHVAE(gaussian_encoder(), bernoulli_decoder(), aet.rhvae.MetricNetwork(mlp(), 2),
                   n_centroids=64, T=0.8, lam=1e-2)
-loss = functools.partial(aet.rhvae.loss, model, K=3, eps=1e-2, beta0=0.3, n_fixed_point=5)
+loss = functools.partial(aet.rhvae.loss, model, K=3, eps=3e-3, beta0=0.3, n_fixed_point=5,
+                         flow_gradient="detached")  # pythae's gradient: see the RHVAE page
 variables, history = aet.train.fit(model, loss, train, key=jax.random.key(0), epochs=epochs(10),
                                    batch_size=64, progress=False)
 
