@@ -58,6 +58,10 @@ class Setting:
     T: float = 1.5
     metric_lam: float = 1e-2
     n_centroids: Optional[int] = None  # None: equal to batch_size (pythae's training metric)
+    # HVAE / RHVAE: differentiate what pythae differentiates (True: the leapfrog's ∇U (HVAE) or
+    # the whole flow (RHVAE, flow_gradient="detached") is a constant to the optimiser); False:
+    # aetk_jax's default, the paper's gradient through the leapfrog (timed as a variant)
+    matched_gradient: bool = True
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -125,7 +129,8 @@ def aetk_hyper(s: Setting, **override: Any) -> dict[str, Any]:
     elif s.model == "hvae":
         hp = {"K": s.K, "eps": s.eps, "beta0": s.beta0}
     else:
-        hp = {"K": s.K, "eps": s.eps, "beta0": s.beta0, "n_fixed_point": s.n_fixed_point}
+        hp = {"K": s.K, "eps": s.eps, "beta0": s.beta0, "n_fixed_point": s.n_fixed_point,
+              "flow_gradient": "detached" if s.matched_gradient else "full"}
     hp.update(override)
     return hp
 

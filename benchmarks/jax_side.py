@@ -84,6 +84,8 @@ def build(s: Setting, **hyper_override: Any) -> tuple[nn.Module, Callable[..., A
     elif s.model == "hvae":
         model = aet.HVAE(enc, dec)
         loss = aet.hvae.loss
+        if s.matched_gradient and "potential_grad" not in hyper_override:
+            hp = {**hp, "potential_grad": grad_potential_first_order}
     else:
         metric = aet.rhvae.MetricNetwork(_body(s.hidden), s.latent_dim)
         model = aet.RHVAE(enc, dec, metric, s.centroids, s.T, s.metric_lam)

@@ -76,11 +76,19 @@ def test_scaling_grid_per_model():
         assert changed <= {axis, "n_centroids"}
         assert (s.centroids if axis == "n_centroids" else getattr(s, axis)) == value
     rh = config.default_setting("rhvae", "digits")
-    assert [v[0] for v in variants_for(rh, config.quick_suite())] == ["n_fixed_point=1"]
-    assert [v[1] for v in variants_for(rh, f)] == [{"n_fixed_point": 1}, {"n_fixed_point": 3}]
+    full = "full gradient (aetk_jax default)"
+    assert [v[0] for v in variants_for(rh, config.quick_suite())] == [full, "n_fixed_point=1"]
+    assert [v[1] for v in variants_for(rh, f)] == [{"flow_gradient": "full"}, {"n_fixed_point": 1},
+                                                   {"n_fixed_point": 3}]
     assert variants_for(config.default_setting("vae", "digits"), f) == []
     (label, over, _), = variants_for(config.default_setting("hvae", "digits"), f)
-    assert over == {"potential_grad": jax_side.grad_potential_first_order}
+    assert label == full and over == {"potential_grad": aet.hvae.grad_potential_energy}
+    # the main rows differentiate what pythae differentiates
+    assert config.aetk_hyper(rh)["flow_gradient"] == "detached"
+    assert config.aetk_hyper(rh.replace(matched_gradient=False))["flow_gradient"] == "full"
+    hv = config.default_setting("hvae", "digits")
+    assert jax_side.build(hv)[2]["potential_grad"] is jax_side.grad_potential_first_order
+    assert "potential_grad" not in jax_side.build(hv.replace(matched_gradient=False))[2]
 
 
 def test_get_suite_restricts_models():

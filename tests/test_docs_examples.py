@@ -10,6 +10,8 @@ import sys
 import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "docs", "examples")
+FIGURES = os.path.join(EXAMPLES, "figures")
+DOCS = os.path.join(EXAMPLES, "..")
 SCRIPTS = sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".py") and not f.startswith("_"))
 
 
@@ -24,8 +26,11 @@ def test_example_runs(script, tmp_path, monkeypatch, capsys):
     numbers = [float(v) for v in re.findall(r"-?\d+\.\d+", out)]
     assert numbers, f"{script} printed no numbers:\n{out}"
     assert all(math.isfinite(v) for v in numbers), out
-    for png in os.listdir(tmp_path):  # every figure is a real image
+    for png in os.listdir(tmp_path):  # every figure is a real image, and the docs carry it
         assert os.path.getsize(tmp_path / png) > 2000, png
+        assert os.path.isfile(os.path.join(FIGURES, png)), (
+            f"{script} writes {png}, which is not in docs/examples/figures: run `python docs/examples/{script}`"
+        )
     if script == "vae_digits.py":  # the importance-sampled log-likelihood is at least the ELBO
         rows = re.findall(r"(\w+): held-out ELBO (-?\d+\.\d+), log-likelihood (-?\d+\.\d+)", out)
         assert len(rows) == 2, out
@@ -33,3 +38,22 @@ def test_example_runs(script, tmp_path, monkeypatch, capsys):
             assert float(ll) >= float(elbo) - 0.1, (name, elbo, ll)
             assert -60.0 < float(elbo) < 0.0, (name, elbo)
 
+
+
+def test_pages_embed_every_committed_figure_and_nothing_missing():
+    """Every image a page links exists; every committed example figure is shown on some page."""
+    shown = set()
+    for root, _, files in os.walk(DOCS):
+        for name in files:
+            if not name.endswith(".md"):
+                continue
+            page = os.path.join(root, name)
+            with open(page, encoding="utf-8") as f:
+                text = f.read()
+            for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text):
+                path = os.path.normpath(os.path.join(root, target))
+                assert os.path.isfile(path), f"{os.path.relpath(page, DOCS)} links a missing image {target}"
+                shown.add(path)
+    committed = {os.path.normpath(os.path.join(FIGURES, f)) for f in os.listdir(FIGURES) if f.endswith(".png")}
+    assert committed, "no example figures committed"
+    assert committed <= shown, sorted(os.path.basename(p) for p in committed - shown)
