@@ -46,7 +46,17 @@ def marginal_loglikelihood(
     check_inputs(model, x, key)
     check_int(n_importance, "n_importance", minimum=1)
     check_int(chunk, "chunk", minimum=1)
-    chunk = min(chunk, n_importance)
+    args = (model, variables, x, key, int(n_importance), min(int(chunk), int(n_importance)))
+    try:
+        hash(model)
+    except TypeError:  # a module with unhashable fields (e.g. a list of layers) cannot be static
+        return _marginal_impl(*args)
+    return _marginal_jit(*args)
+
+
+def _marginal_impl(
+    model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, n_importance: int, chunk: int
+) -> jax.Array:
     n_chunks = -(-n_importance // chunk)
     enc_out = encode(model, variables, x)
 
@@ -58,3 +68,7 @@ def marginal_loglikelihood(
     logw = jax.lax.map(log_weights, jax.random.split(key, n_chunks))  # (n_chunks, chunk, batch)
     logw = logw.reshape(n_chunks * chunk, x.shape[0])[:n_importance]
     return jax.scipy.special.logsumexp(logw, axis=0) - math.log(n_importance)
+
+
+# one compiled computation per (model, shapes, n_importance, chunk)
+_marginal_jit = jax.jit(_marginal_impl, static_argnums=(0, 4, 5))

@@ -6,9 +6,9 @@ For two settings, trains the same RHVAE twice from the same initial state with
 Adam (1e-3), once with ``flow_gradient="full"`` and once with ``"detached"``,
 and records every step's loss and largest relative fixed-point residual
 (``aet.rhvae.FixedPointInfo``; the convergence check is switched off with
-``fixed_point_tol=inf`` so the trajectory is seen to its end):
+``fixed_point_tol=1e30`` so the trajectory is seen to its end):
 
-* ``digits``: the CLI's RHVAE (``aet.builders.build("rhvae", ...)``: MLP 128-128,
+* ``digits``: the CLI's RHVAE (``builders.build("rhvae", ...)``: MLP 128-128,
   latent 2, 64 centroids, T 0.8, λ 0.01, K 3, ε 3e-3, 5 fixed-point iterations), batch 128;
 * ``mnist-synthetic``: the benchmark's RHVAE (784 inputs, MLP 512-256, latent 2,
   the batch's 128 codes as centroids, T 1.5, λ 0.01, K 3, ε 1e-3, 5 iterations; pythae's
@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 import aetk_jax as aet
+from aetk_jax import builders
 
 from . import data as bdata
 from . import jax_side
@@ -40,7 +41,7 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
 def _digits_setup(flow_gradient: str):
-    recipe = aet.builders.build("rhvae", (64,), flow_gradient=flow_gradient, fixed_point_tol=math.inf)
+    recipe = builders.build("rhvae", (64,), flow_gradient=flow_gradient, fixed_point_tol=1e30)
     train, _ = aet.data.load_digits()
     x = np.asarray(train.x, np.float32)
     variables = jax.jit(recipe.model.init)(jax.random.key(0), jnp.asarray(x[:128]))
@@ -52,7 +53,7 @@ def _digits_setup(flow_gradient: str):
 def _mnist_setup(flow_gradient: str):
     s = Setting(model="rhvae", dataset="mnist-synthetic")
     x = bdata.load("mnist-synthetic", 2048)
-    model, loss, _ = jax_side.build(s, flow_gradient=flow_gradient, fixed_point_tol=math.inf)
+    model, loss, _ = jax_side.build(s, flow_gradient=flow_gradient, fixed_point_tol=1e30)
     return model, loss, jax_side.init_variables(model, s, x, jax.random.key(0)), x
 
 

@@ -41,7 +41,7 @@ def test_mmd_kernel_matches_pythae_rbf_convention():
 
 def test_hyperparameters_translate_between_libraries():
     s = config.Setting(model="rhvae", batch_size=64, K=4, eps=2e-3, beta0=0.5, T=0.9, metric_lam=0.05, n_fixed_point=2)
-    assert config.aetk_hyper(s) == {"K": 4, "eps": 2e-3, "beta0": 0.5, "n_fixed_point": 2}
+    assert config.aetk_hyper(s) == {"K": 4, "eps": 2e-3, "beta0": 0.5, "n_fixed_point": 2, "flow_gradient": "detached"}
     # pythae's RHVAE uses its beta_zero as the square root of beta_0; its HVAE takes the root itself
     assert config.pythae_hyper(s) == {"n_lf": 4, "eps_lf": 2e-3, "beta_zero": pytest.approx(math.sqrt(0.5)),
                                       "temperature": 0.9, "regularization": 0.05}

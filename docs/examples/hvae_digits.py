@@ -1,12 +1,14 @@
 """HVAE on the bundled digits, against a VAE with the same networks and budget."""
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 
 import aetk_jax as aet
+from aetk_jax import plots
 
-from _common import bernoulli_decoder, epochs, gaussian_encoder
+from _common import bernoulli_decoder, epochs, gaussian_encoder, out_dir
 
 train, val = aet.data.load_digits()
 x = jnp.asarray(val.x)
@@ -21,3 +23,8 @@ for name, model, loss in (
     elbo = float(aet.evaluate.elbo(model, v, x, jax.random.key(1), **kw).mean())
     ll = float(aet.evaluate.marginal_loglikelihood(model, v, x, jax.random.key(2), 128).mean())
     print(f"{name}: held-out ELBO {elbo:.2f}, log-likelihood {ll:.2f} nats")
+    if name == "hvae":  # codes z₀ = μ(x) of the held-out digits, and decoded prior samples
+        z = aet.encoder_mean(model.encoder, aet.base.encode(model, v, x))
+        plots.latent_codes(z, val.y, os.path.join(out_dir(), "hvae_latent.png"), title="HVAE (K = 3)")
+        samples = aet.sample(model, v, jax.random.key(3), 10)
+        plots.image_grid([samples.x], ["prior samples"], os.path.join(out_dir(), "hvae_samples.png"))
