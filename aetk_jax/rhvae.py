@@ -714,11 +714,15 @@ def log_sampling_density(model: RHVAE, variables: Variables) -> Callable[[jax.Ar
     return lambda z: 0.5 * logdet_inverse(inverse_metric(metric, z))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "n", "n_steps", "n_leapfrog"))
-def _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin):
+SAMPLING_TARGETS = ("inverse_volume", "volume")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "n", "n_steps", "n_leapfrog", "target"))
+def _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin, target="inverse_volume"):
     import blackjax
 
-    unbounded = log_sampling_density(model, variables)
+    inverse = log_sampling_density(model, variables)  # log √det G⁻¹
+    unbounded = inverse if target == "inverse_volume" else (lambda z: -inverse(z))
     centroids = variables["metric"]["centroids"]
     lo = jnp.min(centroids, axis=0) - margin * model.T
     hi = jnp.max(centroids, axis=0) + margin * model.T
@@ -756,6 +760,7 @@ def sample(
     n_leapfrog: int = 10,
     step_size: Optional[float] = None,
     margin: float = 1.0,
+    target: str = "inverse_volume",
 ) -> _sampling.Samples:
     """Draw ``n`` codes from the stored metric's inverse volume element and decode them.
 
@@ -773,6 +778,11 @@ def sample(
     centroids and run for ``n_steps`` transitions, all in one jitted ``lax.scan``.
     Needs the stored metric (``fit`` keeps it up to date; else :func:`update_metric`).
     Returns ``aet.sampling.Samples(z (n, d), x)`` with ``x`` the decoder mean.
+
+    ``target="volume"`` samples the Riemannian volume measure instead, p(z) ∝ √det G(z)
+    on the same box: it is largest off the data (where G → I/λ) and smallest on it,
+    so it explores the space the metric marks as far from the data (e.g. to see what
+    the decoder makes of it), not the data distribution.
     """
     check_key(key)
     check_int(n, "n", minimum=1)
@@ -781,7 +791,9 @@ def sample(
     step_size = 0.1 * float(model.T) if step_size is None else step_size
     check_scalar(step_size, "step_size", positive=True)
     check_scalar(margin, "margin", positive=True)
-    z, x, _ = _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin)
+    if target not in SAMPLING_TARGETS:
+        raise ValueError(f"`target` must be one of {SAMPLING_TARGETS}, got {target!r}")
+    z, x, _ = _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin, target)
     return _sampling.Samples(z, x)
 
 

@@ -389,6 +389,37 @@ def test_sampler_matches_closed_form(trained):
     np.testing.assert_allclose(z.var(0), sd**2, rtol=5 * math.sqrt(2 / N_SAMPLES))
 
 
+def test_volume_sampler_matches_a_grid_reference(trained):
+    """All centroids at c with Mᵢ = (m/N)·I (d = 2): G⁻¹(z) = (m·exp(−‖z − c‖²/T²) + λ)·I, so
+    target="volume" samples p(z) ∝ √det G(z) = 1/(m·exp(−‖z − c‖²/T²) + λ) on the box and the
+    default target its reciprocal. m = 0.1: a hole of radius ≈ T around c, 11× less dense than the
+    rest. Each sampler's mean of ‖z − c‖² and mass within T of c against a 400×400 grid
+    integration of its own density, and against the other's, which must be told apart."""
+    model, variables, _, _ = trained
+    n, T, lam, m, margin = model.n_centroids, model.T, model.lam, 0.1, 3.0
+    c = np.array([0.5, -1.0], np.float32)
+    v = {**variables, "metric": {**variables["metric"], "centroids": jnp.broadcast_to(jnp.asarray(c), (n, 2)),
+                                 "M": jnp.broadcast_to(m / n * jnp.eye(2), (n, 2, 2))}}
+    g = np.linspace(-margin * T, margin * T, 401)
+    mid = 0.5 * (g[1:] + g[:-1])  # cell centres, offsets from c
+    r2 = mid[:, None] ** 2 + mid[None, :] ** 2
+    refs = {}
+    for target, p in (("volume", 1.0 / (m * np.exp(-r2 / T**2) + lam)), ("inverse_volume", m * np.exp(-r2 / T**2) + lam)):
+        p = p / p.sum()
+        refs[target] = (float(np.sum(p * r2)), float(np.sum(p * (r2 < T**2))))
+    for target, other in (("volume", "inverse_volume"), ("inverse_volume", "volume")):
+        z = np.asarray(aet.sample(model, v, jax.random.key(2), N_SAMPLES, margin=margin, target=target).z)
+        assert np.all(np.abs(z - c) <= margin * T + 1e-5)  # inside the box
+        r2_s = np.sum((z - c) ** 2, axis=1)
+        se = r2_s.std() / math.sqrt(N_SAMPLES)  # chains are independent, one draw each
+        assert abs(r2_s.mean() - refs[target][0]) < 5 * se, (target, r2_s.mean(), refs[target])
+        assert abs(r2_s.mean() - refs[other][0]) > 10 * se, (target, r2_s.mean(), refs[other])
+        inner, frac = refs[target][1], float(np.mean(r2_s < T**2))
+        assert abs(frac - inner) < 5 * math.sqrt(inner * (1 - inner) / N_SAMPLES), (target, frac, inner)
+    with pytest.raises(ValueError, match="`target`"):
+        aet.sample(model, variables, jax.random.key(2), 4, target="prior")
+
+
 # --------------------------------------------------------------------------- compiled structure
 
 
