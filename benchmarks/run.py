@@ -38,6 +38,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--models", nargs="*", default=None, help="restrict to these models")
     p.add_argument("--out", default=report.RESULTS_DIR, help="results folder (default benchmarks/results)")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling curves")
+    p.add_argument("--scaling-only", action="store_true",
+                   help="only the scaling curves (no head-to-head table, targets or profiles)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     p.add_argument("--threads", type=int, default=None,
                    help="pin the run (and its memory probes) to this many cores, with as many torch and XLA "
@@ -362,7 +364,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scaling": [],
     }
     t_start = time.perf_counter()
-    for ds in suite.datasets:
+    if getattr(args, "scaling_only", False):
+        if args.no_scaling:
+            raise SystemExit("--scaling-only and --no-scaling exclude each other")
+        results["notes"].append("--scaling-only: the head-to-head table, targets and profiles were not measured")
+    for ds in () if getattr(args, "scaling_only", False) else suite.datasets:
         n_step = 16 * 128
         x_steps = data.load(ds, max(n_step, 2048))
         n_ep = suite.epoch_examples.get(ds, 4096)
@@ -439,6 +445,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
         out += ["--models", *args.models]
     if args.no_scaling:
         out.append("--no-scaling")
+    if getattr(args, "scaling_only", False):
+        out.append("--scaling-only")
     if args.no_memory:
         out.append("--no-memory")
     if args.threads:
