@@ -114,61 +114,6 @@ def _evaluate(recipe, variables, x_val, key, n_importance: int) -> dict[str, flo
     return out
 
 
-def _plots(recipe, variables, train, val, history, out: str, key) -> list[str]:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from . import base, decoders, encoders, plots, sampling
-
-    paths = [plots.loss_curves(history, os.path.join(out, "loss.png"))]
-    model = recipe.model
-    x_val = jnp.asarray(val.x)
-    z = np.asarray(encoders.encoder_mean(model.encoder, base.encode(model, variables, x_val)))
-    paths.append(plots.latent_codes(z, val.y, os.path.join(out, "latent.png"), title=f"{recipe.name}: latent means"))
-    n = min(10, x_val.shape[0])
-    recon = decoders.decoder_mean(model.decoder, base.decode(model, variables, jnp.asarray(z[:n])))
-    paths.append(
-        plots.image_grid(
-            [np.asarray(x_val[:n]), np.asarray(recon)], ["data", "reconstruction"], os.path.join(out, "reconstructions.png")
-        )
-    )
-    if recipe.name != "ae":
-        s = sampling.sample(model, variables, key, 20)
-        paths.append(plots.image_grid([np.asarray(s.x[:10]), np.asarray(s.x[10:])], ["samples", ""], os.path.join(out, "samples.png")))
-    if recipe.name == "rhvae":
-        paths.extend(_rhvae_plots(recipe, variables, z, val.y, out, key))
-    return paths
-
-
-def _rhvae_plots(recipe, variables, z, labels, out: str, key) -> list[str]:
-    """Metric volume heat map under the latent codes, and one fitted geodesic."""
-    import jax.numpy as jnp
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from . import geometry, geometry_plots, rhvae
-
-    metric = rhvae.metric_fn(recipe.model, variables)
-    lo, hi = z.min(axis=0), z.max(axis=0)
-    pad = 0.25 * (hi - lo)
-    extent = (lo[0] - pad[0], hi[0] + pad[0], lo[1] - pad[1], hi[1] + pad[1])
-    # a geodesic between the codes of the first two distinct labels' centres
-    if labels is not None and len(np.unique(labels)) > 1:
-        a, b = np.unique(labels)[:2]
-        z0, z1 = z[labels == a].mean(axis=0), z[labels == b].mean(axis=0)
-    else:
-        z0, z1 = z[0], z[1]
-    _, curve = geometry.fit_geodesic(metric, jnp.asarray(z0), jnp.asarray(z1), key)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    geometry_plots.plot_latent_metric(ax, metric, z, labels=labels, geodesics=[np.asarray(curve)], extent=extent)
-    ax.set_title("RHVAE: log √det G(z), codes and a geodesic")
-    path = os.path.join(out, "metric.png")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return [path]
-
-
 def _read_config(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
@@ -253,6 +198,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import optax
 
     from . import train as tr
+    from .run_plots import run_plots
 
     out, cfg = resolve_config(args)
     epochs = cfg["epochs"]
@@ -282,7 +228,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     tr.save_history(history, os.path.join(out, "history.json"))
     results = {"model": cfg["model"], "data": cfg["data"], "epochs": epochs, "train_seconds": seconds}
     results.update(_evaluate(recipe, variables, val_ds.x, eval_key, 256))
-    plots = [] if args.no_plots else _plots(recipe, variables, train_ds, val_ds, history, out, plot_key)
+    plots = [] if args.no_plots else run_plots(recipe, variables, train_ds, val_ds, history, out, plot_key)
     results["plots"] = [os.path.basename(p) for p in plots]
     _write_json(os.path.join(out, "results.json"), results)
     print(json.dumps({k: v for k, v in results.items() if k != "plots"}))
