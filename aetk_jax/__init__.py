@@ -32,8 +32,10 @@ from .decoders import (
     SimpleGaussianDecoder,
     SplitGaussianDecoder,
     SplitGaussianLogDecoder,
+    check_support,
     decoder_loglikelihood,
     decoder_mean,
+    decoder_support,
 )
 from .distributions import BernoulliParams, CategoricalParams, GaussianLogParams, GaussianParams
 from .encoders import (

@@ -7,12 +7,14 @@ one function (see the Poisson example in the README), and every model accepts it
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .dispatch import dispatched
 from .distributions import BernoulliParams, CategoricalParams, GaussianLogParams, GaussianParams
@@ -234,3 +236,68 @@ def _gaussian_mean(decoder: nn.Module, dec_out: Any) -> jax.Array:
 @decoder_mean.register(Decoder)
 def _deterministic_mean(decoder: Decoder, dec_out: jax.Array) -> jax.Array:
     return dec_out
+
+
+# ---------------------------------------------------------------------------
+# Support of p(x|z): which data a likelihood can score at all
+# ---------------------------------------------------------------------------
+
+
+@functools.singledispatch
+def decoder_support(decoder: nn.Module, x: np.ndarray) -> Optional[str]:
+    """Check that data ``x`` lie in the support of the decoder's likelihood.
+
+    Registered like ``decoder_loglikelihood``::
+
+        @aet.decoder_support.register(PoissonDecoder)
+        def _(decoder, x):
+            ok = np.all(x >= 0) and np.all(x == np.round(x))
+            return None if ok else "needs non-negative integer counts"
+
+    Args:
+        decoder: the model's decoder module (dispatch is on its type).
+        x: host data ``(n, *data_shape)``.
+
+    Returns:
+        ``None`` when every value is in the support, otherwise one sentence that
+        says what the likelihood needs, what the data hold and how to fix it.
+        Decoders with no registered check are not checked (``None``).
+    """
+    return None
+
+
+def check_support(decoder: nn.Module, x: Any, *, name: str = "data") -> None:
+    """Raise ``ValueError`` (one line, naming ``name`` and the decoder) if ``x`` is outside the support."""
+    problem = decoder_support(decoder, np.asarray(x))
+    if problem is not None:
+        raise ValueError(f"{name}: {type(decoder).__name__} {problem}")
+
+
+def _value_range(x: np.ndarray) -> str:
+    return f"[{float(np.min(x)):.4g}, {float(np.max(x)):.4g}]" if x.size else "[]"
+
+
+@decoder_support.register(BernoulliDecoder)
+def _bernoulli_support(decoder: BernoulliDecoder, x: np.ndarray) -> Optional[str]:
+    if x.size and (np.min(x) >= 0.0) and (np.max(x) <= 1.0):
+        return None
+    return (
+        f"needs data in [0, 1] (a Bernoulli log-likelihood), but the values lie in {_value_range(x)}: "
+        "scale the data to [0, 1] (e.g. divide by the maximum), or use a Gaussian decoder (--decoder gaussian)"
+    )
+
+
+@decoder_support.register(CategoricalDecoder)
+def _categorical_support(decoder: CategoricalDecoder, x: np.ndarray) -> Optional[str]:
+    k = int(decoder.n_categories)
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size == 0 or (np.min(x) >= 0 and np.max(x) < k):
+            return None
+        return f"needs integer classes in 0..{k - 1}, but the values lie in {_value_range(x)}"
+    onehot = x.shape[-1:] == (k,) and np.all((x == 0) | (x == 1)) and np.all(np.sum(x, axis=-1) == 1)
+    if onehot:
+        return None
+    return (
+        f"needs one-hot data with a last axis of {k} categories (or integer classes 0..{k - 1}), "
+        f"but got an array of shape {x.shape} with values in {_value_range(x)}"
+    )
