@@ -10,10 +10,19 @@ moved by K steps of the *generalised* (implicit) leapfrog on
 
     H(z, ρ) = U(z) + ½·log((2π)ᵈ det G(z)) + ½ ρᵀ G⁻¹(z) ρ,   U(z) = −log p(x|z) − log p(z),
 
-with tempering of the momentum as in the HVAE, and the ELBO is log p̄ − log q̄ with
+with tempering of the momentum as in the HVAE (after step k, ρ ← ρ·√(β_{k−1}/β_k)).
+The momentum starts at ρ₀ = γ/√β₀, γ ~ N(0, G(z₀)), i.e. ρ₀ ~ N(0, G(z₀)/β₀). The
+generalised leapfrog steps preserve volume; the tempering multiplies it by
+(β₀/β_K)^{d/2} in all (``aet.hvae.tempering_logdet``). The ELBO is log p̄ − log q̄_K with
 
-    log p̄ = log p(x|z_K) + log N(ρ_K; 0, G(z_K)) + log p(z_K),
-    log q̄ = log q(z₀|x) + log N(γ; 0, G(z₀)),      ρ₀ = γ/√β₀.
+    log p̄   = log p(x|z_K) + log N(ρ_K; 0, G(z_K)) + log p(z_K),
+    log q̄_K = log q(z₀|x) + log N(ρ₀; 0, G(z₀)/β₀) − ½·d·log(β₀/β_K)
+            = log q(z₀|x) + log N(γ; 0, G(z₀)) + ½·d·log β_K,
+
+so for a schedule ending at β_K = 1 (``quadratic_tempering``) the tempering
+terms cancel and log q̄ = log q(z₀|x) + log N(γ; 0, G(z₀)); for any other end
+point (``null_tempering``: β_K = β₀) the ½·d·log β_K term remains. As ε → 0
+the flow is the identity on z and ρ_K = γ/√β_K.
 
 Choices, and how they differ from the paper, pythae and AutoEncoderToolkit.jl:
 
@@ -33,9 +42,11 @@ Choices, and how they differ from the paper, pythae and AutoEncoderToolkit.jl:
   is evaluated. The Julia code freezes the decoder output and G at the step's
   start, so its ∇_z H reduces to the prior term z; pythae does not iterate the
   implicit position update.
-* **Exact initial density** log N(γ; 0, G(z₀)) of the un-tempered draw (the
-  tempering's Jacobian cancels over the flow). The Julia code scores the scaled
-  momentum ρ₀ under N(0, G(z₀)), which changes the gradients.
+* **Exact initial density** log N(ρ₀; 0, G(z₀)/β₀) of the scaled draw, with the
+  tempering's log-determinant ½·d·log(β₀/β_K) for any schedule (as the HVAE).
+  The Julia code scores the scaled momentum ρ₀ under N(0, G(z₀)), which changes
+  the gradients. (Until this release the ELBO here omitted the ½·d·log β_K term,
+  exact only for schedules ending at β_K = 1.)
 * γ ~ N(0, G(z₀)) is drawn by reparameterisation (γ = L⁻ᵀε with G⁻¹ = LLᵀ), so
   gradients flow through it; the Julia code stops them.
 
@@ -450,9 +461,11 @@ class PhaseSpace(NamedTuple):
 
     ``z0``, ``gamma``, ``rho0`` = γ/√β₀, ``zK``, ``rhoK`` ``(batch, d)``;
     ``loglik`` = log p(x|z_K), ``logprior`` = log p(z_K), ``logp_momentum`` =
-    log N(ρ_K; 0, G(z_K)), ``logq`` = log q(z₀|x), ``logq_momentum`` = log N(γ; 0, G(z₀));
-    ``fixed_point_residual`` ``(batch,)``: the largest relative residual of the implicit
-    equations over the K steps (:class:`FixedPointInfo`).
+    log N(ρ_K; 0, G(z_K)), ``logq`` = log q(z₀|x), ``logq_momentum`` =
+    log N(ρ₀; 0, G(z₀)/β₀) = log N(γ; 0, G(z₀)) + ½·d·log β₀, ``logdet`` =
+    ½·d·log(β₀/β_K) (the tempering's log-determinant, ``aet.hvae.tempering_logdet``,
+    broadcast to ``(batch,)``); ``fixed_point_residual`` ``(batch,)``: the largest
+    relative residual of the implicit equations over the K steps (:class:`FixedPointInfo`).
     """
 
     z0: jax.Array
@@ -465,12 +478,13 @@ class PhaseSpace(NamedTuple):
     logp_momentum: jax.Array
     logq: jax.Array
     logq_momentum: jax.Array
+    logdet: jax.Array
     fixed_point_residual: jax.Array
 
     @property
     def elbo(self) -> jax.Array:
-        """log p̄ − log q̄ per example, ``(batch,)``."""
-        return (self.loglik + self.logprior + self.logp_momentum) - (self.logq + self.logq_momentum)
+        """log p̄ − log q̄_K per example, ``(batch,)``."""
+        return (self.loglik + self.logprior + self.logp_momentum) - (self.logq + self.logq_momentum - self.logdet)
 
 
 FLOW_GRADIENTS = ("full", "detached")
@@ -526,6 +540,9 @@ def _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixe
         return (z_b, hvae.tempered_momentum(rho_b, b[0], b[1]), gv), info.max()
 
     (zK, rhoK, _), residuals = jax.lax.scan(body, (z0, rho0, grad_v(z0)), (betas[:-1], betas[1:]))
+    d = z0.shape[-1]
+    # log N(ρ₀; 0, G(z₀)/β₀) = log N(γ; 0, G(z₀)) + ½·d·log β₀ (ρ₀ = γ/√β₀)
+    logq_momentum = riemannian_logprior(gamma, ginv0) + 0.5 * d * jnp.log(jnp.asarray(beta0, z0.dtype))
     return PhaseSpace(
         z0=z0,
         gamma=gamma,
@@ -536,7 +553,8 @@ def _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixe
         logprior=spherical_logprior(zK),
         logp_momentum=riemannian_logprior(rhoK, inverse_metric(metric, zK)),
         logq=encoder_logposterior(model.encoder, z0, enc_out),
-        logq_momentum=riemannian_logprior(gamma, ginv0),
+        logq_momentum=logq_momentum,
+        logdet=jnp.broadcast_to(hvae.tempering_logdet(betas, d), z0.shape[:-1]),
         fixed_point_residual=jnp.max(residuals, axis=0),
     )
 
@@ -617,6 +635,7 @@ def _loss_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixed_point
         "logp_momentum": jnp.mean(ps.logp_momentum),
         "logq": jnp.mean(ps.logq),
         "logq_momentum": jnp.mean(ps.logq_momentum),
+        "logdet": jnp.mean(ps.logdet),
         "elbo": -value,
         "fixed_point_residual": residual,
         "converged": (residual <= fixed_point_tol).astype(value.dtype),
@@ -665,7 +684,8 @@ def loss(
 
     With ``aux=True`` returns ``(loss, metrics)`` with the batch means of
     ``loglikelihood`` (log p(x|z_K)), ``logprior``, ``logp_momentum``, ``logq``,
-    ``logq_momentum``, ``elbo`` and ``kl`` = log q̄ − log p̄ + log p(x|z_K) (so
+    ``logq_momentum`` (log N(ρ₀; 0, G(z₀)/β₀)), ``logdet`` (½·d·log(β₀/β_K)),
+    ``elbo`` and ``kl`` = log q̄_K − log p̄ + log p(x|z_K) (so
     ``elbo = loglikelihood − kl``), plus ``fixed_point_residual`` (the batch's
     largest) and ``converged`` (1 when it is within ``fixed_point_tol``, else 0).
     """

@@ -412,6 +412,38 @@ def test_eps_to_zero_recovers_vae_estimate(small, decoder):
         np.testing.assert_allclose(np.asarray(tn.elbo) - vae_est, gap, rtol=1e-8, atol=1e-7)
 
 
+def expected_tempering_shift(d: int, beta_K: float) -> float:
+    """E[ELBO(schedule ending at β_K)] − E[ELBO(schedule ending at 1)] as ε → 0.
+
+    z_K = z₀ and ρ_K = ρ₀·√(β₀/β_K) = γ/√β_K; log q̄_K = log q(z₀|x) + log N(γ; 0, Σ) + ½·d·log β_K,
+    so the difference is −½(1/β_K − 1)·γᵀΣ⁻¹γ − ½·d·log β_K with E[γᵀΣ⁻¹γ] = d:
+    ½·d·(1 − 1/β_K) − ½·d·log β_K, whatever the covariance Σ of γ (I here, G(z₀) in the RHVAE).
+    """
+    return 0.5 * d * (1.0 - 1.0 / beta_K) - 0.5 * d * math.log(beta_K)
+
+
+def rising_to_4(beta0, k, K):
+    """A linear schedule from β₀ up to β_K = 4 (heats the momentum's spread down below 1)."""
+    return beta0 + (4.0 - beta0) * jnp.asarray(k) / K
+
+
+@pytest.mark.parametrize("sched, beta_K", [(hvae.null_tempering, 0.3), (rising_to_4, 4.0)])
+def test_elbo_shift_for_schedules_not_ending_at_one(sched, beta_K):
+    """ε → 0: against ``quadratic_tempering`` (β_K = 1) with the same draws, the mean ELBO moves by
+    ½d(1 − 1/β_K) − ½d·log β_K, to within a few Monte-Carlo standard errors computed here."""
+    model = make_model("bernoulli", d=2, data_dim=16, hidden=8)
+    x = np.asarray(jnp.tile(make_data("bernoulli", 4, 16), (1000, 1)), np.float64)
+    key = jax.random.key(11)
+    with jax.enable_x64(True):
+        v = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), model.init(jax.random.key(0), x[:1]))
+        kw = dict(K=3, eps=EPS0, beta0=0.3)
+        t = hvae.hamiltonian_terms(model, v, x, key, tempering=sched, **kw)
+        diff = np.asarray(t.elbo) - np.asarray(hvae.elbo(model, v, x, key, **kw))
+    np.testing.assert_allclose(np.asarray(t.rhoK), np.asarray(t.rho0) * math.sqrt(0.3 / beta_K), atol=1e-7)
+    se = diff.std(ddof=1) / math.sqrt(diff.size)
+    assert abs(diff.mean() - expected_tempering_shift(2, beta_K)) < 4 * se, (diff.mean(), se)
+
+
 def test_aux_metrics_and_evaluate_dispatch(small):
     model, v, x = small.model, small.v, small.x
     key = jax.random.key(3)

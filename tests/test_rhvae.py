@@ -275,10 +275,85 @@ def test_elbo_tends_to_the_vae_elbo_as_eps_vanishes(rng):
         logprior = -0.5 * np.sum(z0**2 + LOG_2PI, -1)
         loglik = np.asarray(aet.decoder_loglikelihood(model.decoder, x, model.apply(v, ps.z0, method="decode")))
         np.testing.assert_allclose(np.asarray(ps.elbo), loglik + logprior - logq, atol=1e-7)
-        # the momentum terms cancel: log N(ρ_K; 0, G(z_K)) = log N(γ; 0, G(z₀)) when nothing moves
-        np.testing.assert_allclose(np.asarray(ps.logp_momentum), np.asarray(ps.logq_momentum), atol=1e-7)
+        # the momentum terms cancel: log N(ρ_K; 0, G(z_K)) = log N(γ; 0, G(z₀)) when nothing moves,
+        # and log N(γ; 0, G) = log N(ρ₀; 0, G/β₀) − ½·d·log β₀ = logq_momentum − logdet for β_K = 1
+        np.testing.assert_allclose(np.asarray(ps.logdet), 0.5 * 2 * math.log(0.3), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(ps.logp_momentum), np.asarray(ps.logq_momentum - ps.logdet),
+                                   atol=1e-7)
         np.testing.assert_allclose(np.asarray(rhvae.elbo(model, v, x, jax.random.key(3), eps=1e-10)),
                                    np.asarray(ps.elbo), rtol=1e-12)
+
+
+def rising_to_4(beta0, k, K):
+    """A linear schedule from β₀ up to β_K = 4."""
+    return beta0 + (4.0 - beta0) * jnp.asarray(k) / K
+
+
+def expected_tempering_shift(d: int, beta_K: float) -> float:
+    """E[ELBO(β_K)] − E[ELBO(β_K = 1)] as ε → 0: ρ_K = γ/√β_K with γ ~ N(0, G(z₀)), so the
+    per-example difference is −½(1/β_K − 1)·γᵀG⁻¹γ − ½·d·log β_K, and E[γᵀG⁻¹γ] = d."""
+    return 0.5 * d * (1.0 - 1.0 / beta_K) - 0.5 * d * math.log(beta_K)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])  # two different stored metrics
+@pytest.mark.parametrize("sched, beta_K", [(aet.hvae.null_tempering, 0.3), (rising_to_4, 4.0)])
+def test_elbo_shift_for_schedules_not_ending_at_one(rng, sched, beta_K, scale):
+    """ε → 0: against ``quadratic_tempering`` (β_K = 1) with the same draws, the mean ELBO moves by
+    ½d(1 − 1/β_K) − ½d·log β_K whatever the metric, to within a few Monte-Carlo standard errors.
+    (Without the tempering's log-determinant it moves by ½d(1 − 1/β_K) only: 1.2 or 1.4 nats off.)"""
+    with jax.enable_x64(True):
+        model = tiny_model()
+        v, _ = f64_variables(model, rng)
+        v = {**v, "metric": {**v["metric"], "M": scale * v["metric"]["M"]}}
+        x = jnp.asarray(np.tile(rng.standard_normal((4, 5)), (500, 1)))
+        key = jax.random.key(4)
+        kw = dict(eps=1e-9, beta0=0.3, metric_source="stored")
+        ps = rhvae.phase_space(model, v, x, key, tempering=sched, **kw)
+        diff = np.asarray(ps.elbo) - np.asarray(rhvae.elbo(model, v, x, key, **kw))
+        np.testing.assert_allclose(np.asarray(ps.rhoK), np.asarray(ps.gamma) / math.sqrt(beta_K), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(ps.logdet), 0.5 * 2 * math.log(0.3 / beta_K), rtol=1e-12)
+    se = diff.std(ddof=1) / math.sqrt(diff.size)
+    assert abs(diff.mean() - expected_tempering_shift(2, beta_K)) < 4 * se, (diff.mean(), se)
+
+
+class _Identity(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return x
+
+
+def test_elbo_stays_below_the_exact_log_evidence_of_a_linear_gaussian_model():
+    """p(z) = N(0, I), p(x|z) = N(Wz + b, I) with orthogonal columns of W, so log p(x) =
+    log N(x; b, WWᵀ + I) and the exact posterior is diagonal; with q(z|x) the exact posterior
+    and a schedule ending at β_K = 4 the RHVAE ELBO must stay below log p(x) on average
+    (without the ½·d·log β_K term it exceeds it by about 0.75 nats)."""
+    d, D, n = 2, 3, 4000
+    w = np.array([1.5, 0.7])
+    W = np.zeros((D, d))
+    W[0, 0], W[1, 1] = w
+    b = np.array([0.3, -0.2, 0.1])
+    var = 1.0 / (1.0 + w**2)  # posterior variances
+    enc = aet.JointGaussianLogEncoder(_Identity(), d)
+    dec = aet.SimpleGaussianDecoder(_Identity(), D)
+    model = aet.RHVAE(enc, dec, rhvae.MetricNetwork(_Identity(), d), 3, 0.8, 0.1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, D))
+    with jax.enable_x64(True):
+        v = _init64(model, 1, D)
+        params = {
+            "encoder": {"mu": {"kernel": jnp.asarray(W * var), "bias": jnp.asarray(-(b @ W) * var)},
+                        "logsigma": {"kernel": jnp.zeros((D, d)), "bias": jnp.asarray(0.5 * np.log(var))}},
+            "decoder": {"mu": {"kernel": jnp.asarray(W.T), "bias": jnp.asarray(b)}},
+            "metric_network": v["params"]["metric_network"],
+        }
+        c, M = random_metric(np.random.default_rng(3), 3, d)
+        v = {"params": params, "metric": {**v["metric"], "centroids": jnp.asarray(c), "M": jnp.asarray(M)}}
+        elbo = np.asarray(rhvae.elbo(model, v, jnp.asarray(x), jax.random.key(0), eps=1e-3, beta0=0.3,
+                                     tempering=rising_to_4, metric_source="stored"))
+    logpx = scipy.stats.multivariate_normal(b, W @ W.T + np.eye(D)).logpdf(x)
+    gap = elbo - logpx
+    se = gap.std(ddof=1) / math.sqrt(n)
+    assert gap.mean() + 4 * se < 0, (gap.mean(), se)
 
 
 def test_loss_check_grads_float64(rng):
