@@ -10,50 +10,12 @@ import pytest
 from scipy import special, stats
 
 import aetk_jax as aet
-from conftest import small_vae_parts
+from conftest import B, D, LATENT, SIGMA_X, linear_gaussian, small_vae_parts
 
-D, LATENT, B = 5, 2, 6
-SIGMA_X = 0.5
-
-
-class Identity(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return x
 
 
 def _linear_gaussian(mean_shift: float = 0.0, sigma_scale: float = 1.0):
-    """p(z) = N(0, I), p(x|z) = N(W z + b, σ²I) with orthogonal columns of W, so the exact
-    posterior is diagonal: S = diag(1 / (1 + s²/σ²)), m = S Wᵀ(x − b)/σ². The encoder is that
-    posterior, its mean shifted by ``mean_shift`` and its σ scaled by ``sigma_scale``."""
-    rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.normal(size=(D, D)))
-    s = np.array([1.5, 0.8])
-    W = q[:, :LATENT] * s  # (D, d), WᵀW = diag(s²)
-    b = rng.normal(size=D) * 0.3
-    S = 1.0 / (1.0 + s**2 / SIGMA_X**2)
-    A = W * S / SIGMA_X**2  # m = (x − b) A
-    model = aet.VAE(aet.JointGaussianLogEncoder(Identity(), LATENT), aet.JointGaussianLogDecoder(Identity(), D))
-    params = {
-        "encoder": {
-            "mu": {"kernel": A, "bias": -b @ A + mean_shift},
-            "logsigma": {"kernel": np.zeros((D, LATENT)), "bias": 0.5 * np.log(S) + np.log(sigma_scale)},
-        },
-        "decoder": {
-            "mu": {"kernel": W.T, "bias": b},
-            "logsigma": {"kernel": np.zeros((LATENT, D)), "bias": np.full(D, np.log(SIGMA_X))},
-        },
-    }
-    x = rng.normal(size=(B, D)) * 1.2 + b
-    template = model.init(jax.random.key(0), jnp.asarray(x))
-    variables = {"params": jax.tree_util.tree_map(jnp.asarray, params)}
-    assert jax.tree_util.tree_structure(template) == jax.tree_util.tree_structure(variables)
-    logpx = stats.multivariate_normal(b, W @ W.T + SIGMA_X**2 * np.eye(D)).logpdf(x)
-    # KL(q ‖ exact posterior) for the diagonal Gaussians, hence the exact ELBO = log p(x) − KL
-    m = (x - b) @ A
-    sq, sp = np.sqrt(S) * sigma_scale, np.sqrt(S)
-    kl = 0.5 * np.sum(sq**2 / sp**2 + mean_shift**2 / sp**2 - 1 + 2 * np.log(sp / sq)) * np.ones(B)
-    return model, variables, jnp.asarray(x), logpx, logpx - kl, m
+    return linear_gaussian(mean_shift, sigma_scale)
 
 
 @pytest.mark.parametrize("n_importance", [7, 100])
