@@ -92,11 +92,22 @@ def quadratic_tempering(beta0: Any, k: Any, K: int) -> jax.Array:
 
     so β_0 = β₀ and β_K = 1. ``k`` may be an integer or an array of them; the
     result has ``k``'s shape. Raises ``ValueError`` for K < 1 or β₀ ∉ (0, 1].
+
+    Computed as √β_k = √β₀·K² / [(K − k)(K + k) + √β₀·k²] (the same formula
+    multiplied through by √β₀·K²): the denominator lies in [√β₀·K², K²], so
+    nothing is divided by a tiny number and 1/√β₀ never appears (in float32 it
+    made β_K inf for β₀ = 1e-30), and 1 − (k/K)² is formed from integers without
+    cancellation. β_K = 1 exactly (numerator and denominator are the same
+    product); β_0 is β₀ itself (not the rounded square of √β₀).
     """
     _check_K(K)
     _check_beta0(beta0)
-    inv = 1.0 / jnp.sqrt(beta0)
-    return ((1.0 - inv) * (jnp.asarray(k) / K) ** 2 + inv) ** -2.0
+    k = jnp.asarray(k)
+    beta0 = jnp.asarray(beta0, jnp.result_type(beta0, float))
+    s = jnp.sqrt(beta0)
+    kf = k.astype(beta0.dtype)
+    sqrt_beta = (s * K**2) / ((K - kf) * (K + kf) + s * kf**2)
+    return jnp.where(k == 0, beta0, sqrt_beta**2)
 
 
 def null_tempering(beta0: Any, k: Any, K: int) -> jax.Array:

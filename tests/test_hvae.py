@@ -267,6 +267,19 @@ def test_tempering_schedules(K, beta0):
     np.testing.assert_array_equal(n, np.full(K + 1, beta0))
 
 
+@pytest.mark.parametrize("beta0", [1e-30, 1e-8, 0.3, 1.0])
+def test_quadratic_tempering_float32_end_points_are_exact(beta0):
+    """float32: β_0 = β₀ and β_K = 1 exactly (1/√β₀ = 1e15 used to make β_K inf for β₀ = 1e-30),
+    and the points in between agree with the paper's formula in float64 NumPy."""
+    K = 6
+    q = np.asarray(hvae.temper_schedule(hvae.quadratic_tempering, np.float32(beta0), K))
+    assert q.dtype == np.float32
+    assert q[0] == np.float32(beta0) and q[-1] == np.float32(1.0)
+    assert np.all(np.isfinite(q)) and np.all(np.diff(q) >= 0)
+    ref = np_quadratic(float(np.float32(beta0)), np.arange(K + 1), K)
+    np.testing.assert_allclose(q, ref, rtol=4e-7)
+
+
 def test_tempered_momentum_formula():
     rho = jnp.array([[1.0, -2.0]])
     np.testing.assert_allclose(np.asarray(hvae.tempered_momentum(rho, 0.25, 1.0)), [[0.5, -1.0]], rtol=1e-7)
