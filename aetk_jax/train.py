@@ -3,10 +3,13 @@
 ``make_step(loss_fn, optimizer)`` returns ``step(state, batch, key) -> (state,
 metrics)``: loss, gradients, optax update and metrics in one XLA computation.
 ``fit`` runs each epoch as a single compiled scan over shuffled batches and
-keeps metrics on the device until the epoch ends, then syncs once. A
+keeps metrics on the device until the epoch ends, then syncs once (every
+argument of the epoch keeps one pytree structure, so it compiles once). A
 non-finite loss or gradient freezes the state at the last good step (inside the
 scan, no host round-trip), and ``fit`` raises ``NonFiniteError`` at the end of
-that epoch with the step and the terms that went non-finite.
+that epoch with the step and the terms that went non-finite. Data outside
+the decoder's support are refused before training; Ctrl-C stops at the end of
+the epoch with ``TrainingInterrupted``.
 
 Model-specific training (RHVAE's metric update, InfoMaxVAE's second optimizer)
 plugs in through ``make_trainer``, a single-dispatch function on the model's type.
@@ -18,6 +21,8 @@ import inspect
 import json
 import math
 import os
+import signal
+import threading
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -27,6 +32,7 @@ import numpy as np
 import optax
 
 from . import checkpoint as ckpt
+from .decoders import check_support
 from .validation import check_array, check_int, check_key, check_scalar
 
 Variables = Any
@@ -350,6 +356,83 @@ class NonFiniteError(FloatingPointError):
         self.step, self.terms, self.checkpoint = step, terms, checkpoint
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit`` was stopped by Ctrl-C (SIGINT).
+
+    After one Ctrl-C ``fit`` finishes the current epoch (and its checkpoint)
+    and raises this; after a second one it abandons the epoch at once. Being a
+    ``KeyboardInterrupt``, it ends a script as Ctrl-C always did unless caught.
+
+    Attributes: ``variables`` and ``history`` of the last completed epoch,
+    ``epoch`` (its index, ``-1`` if none completed), ``checkpoint`` (the last
+    checkpoint's path, or ``None``; pass ``resume=True`` to continue from it)
+    and ``abandoned`` (``True`` when an epoch was cut short by a second Ctrl-C).
+    """
+
+    def __init__(self, message: str, *, variables, history, epoch, checkpoint, abandoned=False):
+        super().__init__(message)
+        self.variables, self.history, self.epoch = variables, history, epoch
+        self.checkpoint, self.abandoned = checkpoint, abandoned
+
+
+class _DeferredSigint:
+    """While installed, the first SIGINT only sets ``requested``; a second one raises ``KeyboardInterrupt``.
+
+    Installed only in the main thread (the only one Python delivers signals
+    to) and only where SIGINT is not ignored; the previous handler is restored
+    on exit.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+    def install(self) -> "_DeferredSigint":
+        """Install the handler (where allowed); returns ``self``."""
+        if threading.current_thread() is threading.main_thread():
+            old = signal.getsignal(signal.SIGINT)
+            if old not in (signal.SIG_IGN, None):  # None: a handler installed outside Python; leave it
+                self._old = old
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def restore(self) -> None:
+        """Put the previous handler back."""
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+def _interrupted(done: tuple[Any, int, str], checkpoint: Optional[str], epochs: int, abandoned: bool):
+    """The ``TrainingInterrupted`` for the last completed epoch ``done = (state, epoch, history_json)``."""
+    state, epoch, history_json = done
+    where = checkpoint or "none written (pass checkpoint_dir to keep one)"
+    what = f"epoch {epoch + 1} abandoned by a second Ctrl-C" if abandoned else "stopped by Ctrl-C"
+    msg = f"training {what} after {epoch + 1} of {epochs} epochs; last checkpoint: {where}"
+    return TrainingInterrupted(
+        msg, variables=jax.device_get(state.variables), history=json.loads(history_json), epoch=epoch,
+        checkpoint=checkpoint, abandoned=abandoned,
+    )
+
+
+def _check_data_support(model: nn.Module, x: Any, x_val: Any) -> None:
+    """``ValueError`` (one line) when ``x`` or ``x_val`` lie outside the support of ``model.decoder``'s likelihood.
+
+    Models without a ``decoder`` attribute, and decoders with no registered
+    :func:`aet.decoders.decoder_support` (deterministic or the user's own), are not checked.
+    """
+    decoder = getattr(model, "decoder", None)
+    if not isinstance(decoder, nn.Module):
+        return
+    check_support(decoder, jax.device_get(x), name="data")
+    if x_val is not None:
+        check_support(decoder, jax.device_get(x_val), name="val_data")
+
+
 def _failure_detail(terms: dict[str, float], nonfinite: list[str], ref: float, factor: Optional[float]) -> str:
     """What went wrong at a failed step, from its metrics (for ``fit``'s messages)."""
     parts = []
@@ -456,6 +539,21 @@ def fit(
     (a blow-up is caught before it reaches inf; ``None`` turns the check off).
     A loss that reports ``converged`` = 0 (RHVAE's fixed-point iterations) is
     named in the message.
+
+    Data: before anything is compiled, ``data`` and ``val_data`` are checked
+    against the support of ``model.decoder``'s likelihood
+    (:func:`aet.decoders.check_support`): e.g. a Bernoulli decoder on
+    standardised data raises ``ValueError`` naming the decoder, the data's
+    range and the fix. Models without a ``decoder`` and decoders with no
+    registered ``decoder_support`` are not checked.
+
+    Ctrl-C (SIGINT, handled in the main thread only; the previous handler is
+    restored when ``fit`` returns): the first Ctrl-C lets the current epoch
+    finish and write its checkpoint, then raises :class:`TrainingInterrupted`
+    (a ``KeyboardInterrupt``) carrying the variables, history, epoch and
+    checkpoint of the last completed epoch; ``resume=True`` continues from it.
+    A second Ctrl-C abandons the epoch at once (the last checkpoint stays
+    intact). A Ctrl-C during the last epoch lets the run finish normally.
     """
     check_key(key)
     check_int(epochs, "epochs", minimum=0)
@@ -482,6 +580,7 @@ def fit(
     x_val = None if val_data is None else _as_array(val_data, "val_data")
     if x_val is not None and x_val.shape[1:] != x.shape[1:]:
         raise ValueError(f"`val_data` has per-example shape {x_val.shape[1:]}, `data` has {x.shape[1:]}")
+    _check_data_support(model, x, x_val)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     if on_nonfinite == "skip":  # a learning-rate factor in the optimizer state, lowered at each skip
         if isinstance(optimizer, dict):
@@ -576,7 +675,10 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, initial=start, desc=type(model).__name__, unit="epoch")
-    ref = None
+    # NaN until the first good step: the same pytree in every epoch, so the epoch compiles once
+    ref = jnp.full((), jnp.nan, jnp.float32)
+    done = (state, start - 1, json.dumps(history))  # the last completed epoch, for an interrupt
+    sigint = _DeferredSigint().install()
     try:
         for epoch in range(start, epochs):
             res = run_epoch(state, x, jax.random.fold_in(train_key, epoch), ref)
@@ -588,8 +690,7 @@ def fit(
                 good = res.state
                 terms = {k: float(v) for k, v in jax.device_get(res.bad_metrics).items()}
                 nonfinite = sorted(k for k, v in terms.items() if k != "finite" and not math.isfinite(v))
-                detail = _failure_detail(terms, nonfinite, float(ref) if ref is not None else math.nan,
-                                         divergence_factor)
+                detail = _failure_detail(terms, nonfinite, float(ref), divergence_factor)
                 gstep = int(good.step)
                 where = last_ckpt or "none written (pass checkpoint_dir to keep one)"
                 n_batches = x.shape[0] // batch_size
@@ -632,10 +733,9 @@ def fit(
             stop = False
             for cb in callbacks:
                 stop = bool(cb(epoch, state.variables, history)) or stop
+            history_json = json.dumps(history)
             if checkpoint_dir is not None and jax.process_index() == 0:  # one writer per run
-                payload = {
-                    "state": state, "epoch": epoch, "history": json.dumps(history), "signature": sig, "key": key_data,
-                }
+                payload = {"state": state, "epoch": epoch, "history": history_json, "signature": sig, "key": key_data}
                 last_ckpt = ckpt.save(checkpoint_dir, epoch, payload, keep=keep_checkpoints)
             if bar is not None:
                 post = {"loss": f"{train_metrics['loss']:.4g}"}
@@ -643,9 +743,17 @@ def fit(
                     post["val_loss"] = f"{history['val']['loss'][-1]:.4g}"
                 bar.set_postfix(post)
                 bar.update(1)
+            done = (state, epoch, history_json)
             if stop:
                 break
+            if sigint.requested and epoch < epochs - 1:  # Ctrl-C: stop after this epoch's checkpoint
+                raise _interrupted(done, last_ckpt, epochs, abandoned=False)
+    except KeyboardInterrupt as err:
+        if isinstance(err, TrainingInterrupted):
+            raise
+        raise _interrupted(done, last_ckpt, epochs, abandoned=True) from None  # a second Ctrl-C
     finally:
+        sigint.restore()
         if bar is not None:
             bar.close()
     return jax.device_get(state.variables), history
@@ -700,6 +808,7 @@ __all__ = [
     "TrainState",
     "Trainer",
     "NonFiniteError",
+    "TrainingInterrupted",
     "init_state",
     "make_step",
     "make_trainer",

@@ -293,3 +293,118 @@ def test_importance_sampled_loglikelihood_exceeds_elbo(digits_run):
     # measured mean gap 0.168–0.198 nats (positive for ~83 % of the examples); require > 0.05
     # and a gap far below the ELBO's size (an upper sanity bound)
     assert 0.05 < gap < 2.0
+
+
+# ------------------------------------------------ data support, Ctrl-C, one compilation (issue 15)
+
+
+def _counting_loss(model, counter):
+    """The VAE loss, counting its traces (a Python side effect runs only while tracing)."""
+
+    def loss_fn(v, xb, k, aux=False):
+        counter.append(1)
+        return aet.vae.loss(model, v, xb, k, aux=aux)
+
+    return loss_fn
+
+
+def test_fit_refuses_data_outside_the_decoder_support_before_compiling(digits):
+    train, val = digits
+    x = (train.x - train.x.mean()) / train.x.std()  # standardised: values in about [-0.8, 2.3]
+    model = aet.VAE(*small_vae_parts(hidden=8))
+    traces = []
+    with pytest.raises(ValueError, match=r"^data: BernoulliDecoder needs data in \[0, 1\].*--decoder gaussian"):
+        aet.train.fit(model, _counting_loss(model, traces), x, key=jax.random.key(0), epochs=1, batch_size=64,
+                      progress=False)
+    assert traces == []  # refused before the loss was traced
+    # good training data, bad validation data: named as such
+    with pytest.raises(ValueError, match=r"^val_data: BernoulliDecoder needs data in \[0, 1\]"):
+        aet.train.fit(model, _counting_loss(model, traces), train.x, key=jax.random.key(0), epochs=1,
+                      batch_size=64, val_data=val.x * 16.0, progress=False)
+    assert traces == []
+    # a Gaussian decoder accepts standardised data and trains on it
+    gauss = aet.VAE(*small_vae_parts(hidden=8, decoder="gaussian"))
+    _, hist = aet.train.fit(gauss, functools.partial(aet.vae.loss, gauss), x, key=jax.random.key(0), epochs=1,
+                            batch_size=64, progress=False)
+    assert math.isfinite(hist["train"]["loss"][0])
+    # an AE's deterministic decoder has no support: not checked
+    ae = aet.AE(aet.Encoder(aet.MLP([8]), 2), aet.Decoder(aet.MLP([8]), 64))
+    aet.train.fit(ae, functools.partial(aet.ae.loss, ae), x, key=jax.random.key(0), epochs=1, batch_size=64,
+                  progress=False)
+
+
+def test_fit_epoch_compiles_once(digits):
+    """The epoch's arguments keep one pytree structure (the divergence reference is an array from
+    the start), so three epochs trace the loss as often as one."""
+    model = aet.VAE(*small_vae_parts(hidden=8))
+    x = digits[0].x[:256]
+    counts = []
+    for epochs in (1, 3):
+        traces = []
+        aet.train.fit(model, _counting_loss(model, traces), x, key=jax.random.key(0), epochs=epochs, batch_size=64,
+                      progress=False)
+        counts.append(len(traces))
+    assert counts[0] > 0 and counts[1] == counts[0], counts
+
+
+def _sigint_at(epoch, times):
+    """A callback that sends this process SIGINT ``times`` times at the end of ``epoch``."""
+    import signal
+
+    def cb(e, variables, history):
+        if e == epoch:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return cb
+
+
+def _fit_small(x, d, epochs, callbacks=(), resume=False):
+    model = aet.VAE(*small_vae_parts(hidden=8))
+    return aet.train.fit(model, functools.partial(aet.vae.loss, model), x, key=jax.random.key(1), epochs=epochs,
+                         batch_size=64, progress=False, checkpoint_dir=d, resume=resume, callbacks=callbacks,
+                         keep_checkpoints=10)
+
+
+def test_ctrl_c_stops_after_the_epoch_and_resume_is_bit_exact(digits, tmp_path):
+    import signal
+
+    x = digits[0].x[:256]
+    before = signal.getsignal(signal.SIGINT)
+    ref_vars, ref_hist = _fit_small(x, str(tmp_path / "ref"), 4)
+    d = str(tmp_path / "run")
+    with pytest.raises(aet.train.TrainingInterrupted) as info:
+        _fit_small(x, d, 4, callbacks=[_sigint_at(1, 1)])
+    err = info.value
+    assert isinstance(err, KeyboardInterrupt) and not err.abandoned
+    # epoch 1 finished and was checkpointed; nothing after it ran
+    assert err.epoch == 1 and err.history["epoch"] == [0, 1]
+    assert err.checkpoint == ckpt.path_for(d, 1) and os.path.exists(err.checkpoint)
+    assert not os.path.exists(ckpt.path_for(d, 2))
+    assert "after 2 of 4 epochs" in str(err) and "ckpt_000001" in str(err)
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
+    # the interrupted epoch's checkpoint is the uninterrupted run's, and resuming ends bit-exact
+    assert open(err.checkpoint, "rb").read() == open(ckpt.path_for(str(tmp_path / "ref"), 1), "rb").read()
+    variables, history = _fit_small(x, d, 4, resume=True)
+    assert _tree_equal(variables, ref_vars) and history == ref_hist
+
+
+def test_second_ctrl_c_abandons_the_epoch_and_keeps_the_last_checkpoint(digits, tmp_path):
+    import signal
+
+    x = digits[0].x[:256]
+    before = signal.getsignal(signal.SIGINT)
+    d = str(tmp_path / "run")
+    # two SIGINTs inside epoch 2's callback (before its checkpoint): the second one interrupts at once
+    with pytest.raises(aet.train.TrainingInterrupted) as info:
+        _fit_small(x, d, 5, callbacks=[_sigint_at(2, 2)])
+    err = info.value
+    assert err.abandoned and err.epoch == 1 and err.history["epoch"] == [0, 1]
+    assert err.checkpoint == ckpt.path_for(d, 1)
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(d)] == ["ckpt_000000.msgpack", "ckpt_000001.msgpack"]
+    assert "abandoned" in str(err)
+    assert signal.getsignal(signal.SIGINT) is before
+    ckpt.read_raw(err.checkpoint)  # intact
+    # the variables are those of the last completed epoch, i.e. of its checkpoint
+    raw = ckpt.read_raw(err.checkpoint)
+    assert _tree_equal(err.variables["params"], raw["state"]["params"])
