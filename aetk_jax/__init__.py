@@ -1,59 +1,80 @@
 """aetk_jax: (variational) autoencoders and the geometry of their latent spaces, in JAX.
 
     import aetk_jax as aet
+
+The package imports lazily: ``import aetk_jax`` loads neither JAX nor any
+submodule. A submodule (``aet.train``, ``aet.rhvae``, …) or a public name
+(``aet.VAE``, ``from aetk_jax import BernoulliDecoder``) is imported on first
+use by the module-level ``__getattr__`` below (PEP 562), so ``aet --help`` and
+``aet --version`` start in a fraction of a second. ``dir(aet)`` and
+``from aetk_jax import *`` list every public name.
 """
 from __future__ import annotations
 
-from . import (
-    ae,
-    base,
-    data,
-    decoders,
-    encoders,
-    evaluate,
-    geometry,
-    hvae,
-    infomaxvae,
-    layers,
-    mmdvae,
-    parallel,
-    rhvae,
-    train,
-    utils,
-    vae,
-)
-from .ae import AE
-from .decoders import (
-    BernoulliDecoder,
-    CategoricalDecoder,
-    Decoder,
-    JointGaussianDecoder,
-    JointGaussianLogDecoder,
-    SimpleGaussianDecoder,
-    SplitGaussianDecoder,
-    SplitGaussianLogDecoder,
-    check_support,
-    decoder_loglikelihood,
-    decoder_mean,
-    decoder_support,
-)
-from .distributions import BernoulliParams, CategoricalParams, GaussianLogParams, GaussianParams
-from .encoders import (
-    Encoder,
-    JointGaussianEncoder,
-    JointGaussianLogEncoder,
-    encoder_kl,
-    encoder_logposterior,
-    encoder_mean,
-    encoder_sample,
-    spherical_logprior,
-)
-from .hvae import HVAE
-from .infomaxvae import InfoMaxVAE
-from .layers import MLP, Flatten, Reshape
-from .mmdvae import MMDVAE
-from .rhvae import RHVAE
-from .sampling import sample
-from .vae import VAE
+import importlib
+import importlib.util
+from typing import Any
 
 __version__ = "0.1.0"
+
+# public name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "AE": "ae",
+    "BernoulliDecoder": "decoders",
+    "CategoricalDecoder": "decoders",
+    "Decoder": "decoders",
+    "JointGaussianDecoder": "decoders",
+    "JointGaussianLogDecoder": "decoders",
+    "SimpleGaussianDecoder": "decoders",
+    "SplitGaussianDecoder": "decoders",
+    "SplitGaussianLogDecoder": "decoders",
+    "check_support": "decoders",
+    "decoder_loglikelihood": "decoders",
+    "decoder_mean": "decoders",
+    "decoder_support": "decoders",
+    "BernoulliParams": "distributions",
+    "CategoricalParams": "distributions",
+    "GaussianLogParams": "distributions",
+    "GaussianParams": "distributions",
+    "Encoder": "encoders",
+    "JointGaussianEncoder": "encoders",
+    "JointGaussianLogEncoder": "encoders",
+    "encoder_kl": "encoders",
+    "encoder_logposterior": "encoders",
+    "encoder_mean": "encoders",
+    "encoder_sample": "encoders",
+    "spherical_logprior": "encoders",
+    "HVAE": "hvae",
+    "InfoMaxVAE": "infomaxvae",
+    "MLP": "layers",
+    "Flatten": "layers",
+    "Reshape": "layers",
+    "MMDVAE": "mmdvae",
+    "RHVAE": "rhvae",
+    "sample": "sampling",
+    "VAE": "vae",
+}
+
+# the submodules reachable as attributes (``aet.train``); any other submodule also resolves on use
+_SUBMODULES = (
+    "ae", "base", "builders", "checkpoint", "data", "decoders", "dispatch", "distributions", "encoders",
+    "evaluate", "geometry", "hvae", "infomaxvae", "layers", "mmdvae", "parallel", "rhvae", "sampling",
+    "train", "utils", "vae", "validation",
+)
+
+__all__ = sorted({*_EXPORTS, *_SUBMODULES})
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule ``name``, or the submodule that defines the public name ``name``."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # also binds it as an attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
