@@ -246,4 +246,5 @@ def test_trains_on_digits(digits, name):
     assert bound > HELD_OUT_THRESHOLD, bound
 
 
-HELD_OUT_THRESHOLD = -33.0
+# measured after 6 epochs: held-out IWAE_16 −26.0 to −26.7 (−45 at initialisation)
+HELD_OUT_THRESHOLD = -28.0
