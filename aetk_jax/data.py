@@ -4,27 +4,51 @@ Every loader returns a :class:`Dataset` of float32 arrays, batch-first, and
 rejects empty data, NaN/inf and malformed files with a ``ValueError`` naming
 the file. Integer arrays are converted explicitly: ``uint8`` data (images) are
 divided by 255; other integer data (e.g. counts) are cast to float32 unchanged.
+
+A :class:`Dataset` records the examples' image shape where the loader knows it
+(``image_shape``: ``(8, 8)`` for the digits, ``(rows, cols)`` for an MNIST IDX
+file, an ``.npz`` file's ``shape`` entry; ``None`` otherwise), so that plots draw
+images only for image data, even after ``flatten``.
 """
 from __future__ import annotations
 
 import gzip
 import os
 import struct
-from typing import Iterator, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import jax
 import numpy as np
 
 
-class Dataset(NamedTuple):
-    """``x``: ``(n, *data_shape)`` float32; ``y``: ``(n,)`` integer labels or ``None``."""
-
+class _DatasetFields(NamedTuple):
     x: np.ndarray
     y: Optional[np.ndarray] = None
     name: str = "data"
+    image_shape: Optional[tuple[int, ...]] = None
+
+
+class Dataset(_DatasetFields):
+    """``x``: ``(n, *data_shape)`` float32; ``y``: ``(n,)`` integer labels or ``None``.
+
+    ``image_shape``: the shape of one example as an image (e.g. ``(8, 8)``, with
+    ``prod(image_shape)`` equal to an example's size), or ``None`` when the data
+    are not known to be images. ``len(ds)`` is the number of examples.
+    """
+
+    __slots__ = ()
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    @classmethod
+    def _make(cls, iterable: Any) -> "Dataset":
+        # namedtuple's own _make (used by _replace) checks the field count with
+        # len(), which here counts examples: count the fields as a tuple instead
+        values = tuple(iterable)
+        if tuple.__len__(values) != len(cls._fields):
+            raise TypeError(f"Dataset takes {len(cls._fields)} fields, got {tuple.__len__(values)}")
+        return tuple.__new__(cls, values)
 
 
 def check_data(x: np.ndarray, source: str, *, min_ndim: int = 2) -> np.ndarray:
@@ -50,14 +74,15 @@ def check_data(x: np.ndarray, source: str, *, min_ndim: int = 2) -> np.ndarray:
 def load_digits(*, val_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
     """scikit-learn's 8×8 digits (1797 images, shipped with the package): pixels scaled to [0, 1].
 
-    Returns ``(train, val)`` with ``x`` of shape ``(n, 64)`` and digit labels;
+    Returns ``(train, val)`` with ``x`` of shape ``(n, 64)``, digit labels and
+    ``image_shape=(8, 8)``;
     the split is a fixed permutation drawn with ``seed``.
     """
     from sklearn.datasets import load_digits as _load
 
     bunch = _load()
     x = (bunch.data / 16.0).astype(np.float32)
-    ds = Dataset(x, bunch.target.astype(np.int32), "digits")
+    ds = Dataset(x, bunch.target.astype(np.int32), "digits", (8, 8))
     return train_val_split(ds, val_fraction=val_fraction, seed=seed)
 
 
@@ -71,7 +96,7 @@ def train_val_split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0) ->
         raise ValueError(f"{ds.name}: too few examples ({n}) to split")
     perm = np.random.default_rng(seed).permutation(n)
     tr, va = perm[n_val:], perm[:n_val]
-    pick = lambda idx, part: Dataset(ds.x[idx], None if ds.y is None else ds.y[idx], f"{ds.name}/{part}")
+    pick = lambda idx, part: ds._replace(x=ds.x[idx], y=None if ds.y is None else ds.y[idx], name=f"{ds.name}/{part}")
     return pick(tr, "train"), pick(va, "val")
 
 
@@ -128,12 +153,26 @@ def _read_csv(path: str) -> np.ndarray:
     return arr
 
 
-def load(path: str, *, flatten: bool = False) -> Dataset:
-    """Load ``path``: ``.npz`` (arrays ``x`` and optional ``y``, else the first array),
-    ``.npy``, ``.csv`` (numeric, optional header row, one example per row), or an
-    MNIST IDX image file (``*-idx3-ubyte[.gz]``, with its labels file beside it if present).
+def _image_shape(shape: Any, x: np.ndarray, source: str) -> tuple[int, ...]:
+    """An ``.npz`` file's ``shape`` entry as a tuple holding one example's size; ``ValueError`` otherwise."""
+    s = np.asarray(shape)
+    if s.ndim != 1 or s.size == 0 or not np.issubdtype(s.dtype, np.integer) or (s < 1).any():
+        raise ValueError(f"{source}: the `shape` entry must be a 1-D array of positive integers, got {s.tolist()!r}")
+    out = tuple(int(v) for v in s)
+    size = int(np.prod(x.shape[1:]))
+    if int(np.prod(out)) != size:
+        raise ValueError(f"{source}: the `shape` entry {out} holds {int(np.prod(out))} values, an example has {size}")
+    return out
 
-    ``flatten`` reshapes each example to a vector.
+
+def load(path: str, *, flatten: bool = False) -> Dataset:
+    """Load ``path``: ``.npz`` (arrays ``x`` and optional ``y``, else the first other
+    array; an optional ``shape`` entry is an example's image shape), ``.npy``,
+    ``.csv`` (numeric, optional header row, one example per row), or an MNIST IDX
+    image file (``*-idx3-ubyte[.gz]``, with its labels file beside it if present;
+    its image shape is ``(rows, cols)``).
+
+    ``flatten`` reshapes each example to a vector (``image_shape`` is kept).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a file path, got {type(path).__name__}")
@@ -143,20 +182,24 @@ def load(path: str, *, flatten: bool = False) -> Dataset:
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path}: the file is empty")
     y = None
+    shape = None  # an example's image shape, where the file says it
     lower = path.lower()
     try:
         if lower.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
                 if not z.files:
                     raise ValueError(f"{path}: the archive holds no arrays")
-                x = z["x"] if "x" in z.files else z[z.files[0]]
+                rest = [k for k in z.files if k not in ("y", "shape")] or z.files
+                x = z["x"] if "x" in z.files else z[rest[0]]
                 y = z["y"] if "y" in z.files else None
+                shape = z["shape"] if "shape" in z.files else None
         elif lower.endswith(".npy"):
             x = np.load(path, allow_pickle=False)
         elif lower.endswith(".csv"):
             x = _read_csv(path)
         elif "idx" in lower or "ubyte" in lower:
             x = read_idx(path)
+            shape = x.shape[1:] if x.ndim >= 3 else None
             lab = _idx_labels_for(path)
             y = read_idx(lab) if lab else None
         else:
@@ -168,6 +211,7 @@ def load(path: str, *, flatten: bool = False) -> Dataset:
     except Exception as err:  # unreadable file: zip errors, pickle refusal, I/O errors
         raise ValueError(f"{path}: cannot read the file ({type(err).__name__}: {err})") from None
     x = check_data(x, path)
+    image_shape = None if shape is None else _image_shape(shape, x, path)
     if flatten:
         x = x.reshape(x.shape[0], -1)
     if y is not None:
@@ -175,7 +219,7 @@ def load(path: str, *, flatten: bool = False) -> Dataset:
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"{path}: {x.shape[0]} examples but {y.shape[0]} labels")
         y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else None
-    return Dataset(x, y, os.path.basename(path))
+    return Dataset(x, y, os.path.basename(path), image_shape)
 
 
 def load_named(name: str, *, val_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:

@@ -67,19 +67,25 @@ def plot_latent_metric(
     extent: Optional[Extent] = None,
     *,
     n: int = 100,
-    cmap: str = "viridis",
+    cmap: Optional[Any] = None,
     colorbar: bool = True,
-    point_size: float = 6.0,
-    geodesic_color: str = "white",
+    point_size: float = 10.0,
+    geodesic_color: str = "black",
 ) -> Any:
     """Draw a 2-D latent space on the matplotlib axes ``ax``.
 
     - a heat map of ``log √det G(z)``: ``metric`` is a metric function
       ``(2,) -> (2, 2)`` (evaluated by :func:`metric_volume_grid` on ``n × n``
       points of ``extent``) or a precomputed ``(X, Y, V)`` grid;
-    - the latent codes ``z_codes`` ``(batch, 2)``, coloured by ``labels``
-      ``(batch,)`` when given (a legend per label for up to 20 labels);
-    - each curve of ``geodesics`` (arrays ``(n_t, 2)``) as a line with its ends marked.
+    - the latent codes ``z_codes`` ``(batch, 2)`` on top of the heat map,
+      coloured by ``labels`` ``(batch,)`` when given: one distinct colour per
+      label, points edged in white, and a legend of every label outside the
+      axes (below them when there is a colour bar, else right of them);
+    - each curve of ``geodesics`` (arrays ``(n_t, 2)``) as a line with its ends
+      marked (``geodesic_color``, with a white halo).
+
+    ``cmap`` defaults to a white-to-mid-grey map (``plots.light_greys``) so that
+    coloured codes stand out on it; ``point_size`` is the codes' marker area.
 
     ``extent = (xmin, xmax, ymin, ymax)`` defaults to the codes' range padded
     by 10 %. Returns the heat map's ``QuadMesh``.
@@ -114,29 +120,23 @@ def plot_latent_metric(
         if not (X.shape == Y.shape == V.shape and V.ndim == 2):
             raise ValueError(f"`metric` grid arrays must share one 2-D shape, got {X.shape}, {Y.shape}, {V.shape}")
 
-    import matplotlib  # lazy: plotting is optional
+    from matplotlib import patheffects  # lazy: matplotlib is imported only to plot
+
+    from .plots import light_greys, scatter_classes
 
     Vm = np.ma.masked_invalid(V)
-    mesh = ax.pcolormesh(X, Y, Vm, cmap=cmap, shading="auto")
+    mesh = ax.pcolormesh(X, Y, Vm, cmap=light_greys() if cmap is None else cmap, shading="auto", zorder=1)
     if colorbar:
         ax.figure.colorbar(mesh, ax=ax, label=r"$\log\sqrt{\det G(z)}$")
     if codes is not None:
         if labs is None:
-            ax.scatter(codes[:, 0], codes[:, 1], s=point_size, c="black", alpha=0.6, linewidths=0)
+            ax.scatter(codes[:, 0], codes[:, 1], s=point_size, c="black", alpha=0.6, linewidths=0, zorder=2.5)
         else:
-            uniq = np.unique(labs)
-            colours = matplotlib.colormaps["tab10" if len(uniq) <= 10 else "tab20"]
-            for k, lab in enumerate(uniq):
-                sel = labs == lab
-                ax.scatter(
-                    codes[sel, 0], codes[sel, 1], s=point_size, color=colours(k % colours.N),
-                    label=str(lab), alpha=0.8, linewidths=0,
-                )
-            if len(uniq) <= 20:
-                ax.legend(loc="best", fontsize="x-small", markerscale=2, frameon=True)
+            scatter_classes(ax, codes, labs, point_size=point_size, legend="below" if colorbar else "right")
+    halo = patheffects.withStroke(linewidth=4, foreground="white")  # visible on any shade
     for c in curves:
-        ax.plot(c[:, 0], c[:, 1], color=geodesic_color, lw=2)
-        ax.plot(c[[0, -1], 0], c[[0, -1], 1], "o", color=geodesic_color, mec="black", ms=5)
+        ax.plot(c[:, 0], c[:, 1], color=geodesic_color, lw=2, zorder=3, path_effects=[halo])
+        ax.plot(c[[0, -1], 0], c[[0, -1], 1], "o", color=geodesic_color, mec="white", ms=6, zorder=3)
     ax.set_xlim(X.min(), X.max())
     ax.set_ylim(Y.min(), Y.max())
     ax.set_xlabel("$z_1$")

@@ -4,16 +4,40 @@
 samples of a fitted recipe (see ``aetk_jax.builders``); for an RHVAE it adds the
 learned metric's volume with one geodesic (``rhvae_plots``). This is the apps
 layer: it may import any lower module, and nothing in the library imports it.
+
+Examples are drawn as images only when the training set records an image shape
+(``Dataset.image_shape``; the digits, MNIST IDX files, an ``.npz`` with a
+``shape`` entry), on the training data's value range; other data are drawn as
+lines. Reconstructions show the first validation example of each label (up to
+ten labels) when there are labels, else the first ten examples. Figures are
+``matplotlib.figure.Figure`` objects: no pyplot, no backend change.
 """
 from __future__ import annotations
 
 import os
 
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
 import numpy as np
 
 from . import base, decoders, encoders, geometry, geometry_plots, plots, rhvae, sampling
+
+
+def _example_style(train) -> dict:
+    """``image_grid`` keywords for the data of ``train``: its image shape and value range."""
+    x = np.asarray(train.x)
+    return {"image_shape": getattr(train, "image_shape", None), "value_range": (float(x.min()), float(x.max()))}
+
+
+def _reconstruction_rows(model, variables, val, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Examples to reconstruct (one per label where labels exist), their reconstructions and column titles."""
+    if val.y is not None:
+        idx = plots.first_of_each_class(val.y, plots.MAX_EXAMPLES)
+        titles = [f"label {val.y[i]}" for i in idx]
+    else:
+        idx = np.arange(min(plots.MAX_EXAMPLES, len(val)))
+        titles = None
+    recon = decoders.decoder_mean(model.decoder, base.decode(model, variables, jnp.asarray(z[idx])))
+    return np.asarray(val.x)[idx], np.asarray(recon), titles
 
 
 def run_plots(recipe, variables, train, val, history, out: str, key) -> list[str]:
@@ -23,17 +47,14 @@ def run_plots(recipe, variables, train, val, history, out: str, key) -> list[str
     x_val = jnp.asarray(val.x)
     z = np.asarray(encoders.encoder_mean(model.encoder, base.encode(model, variables, x_val)))
     paths.append(plots.latent_codes(z, val.y, os.path.join(out, "latent.png"), title=f"{recipe.name}: latent means"))
-    n = min(10, x_val.shape[0])
-    recon = decoders.decoder_mean(model.decoder, base.decode(model, variables, jnp.asarray(z[:n])))
-    paths.append(
-        plots.image_grid(
-            [np.asarray(x_val[:n]), np.asarray(recon)], ["data", "reconstruction"], os.path.join(out, "reconstructions.png")
-        )
-    )
+    style = _example_style(train)
+    x, recon, titles = _reconstruction_rows(model, variables, val, z)
+    path = os.path.join(out, "reconstructions.png")
+    paths.append(plots.image_grid([x, recon], ["data", "reconstruction"], path, column_titles=titles, **style))
     if recipe.name != "ae":
-        s = sampling.sample(model, variables, key, 20)
-        paths.append(plots.image_grid([np.asarray(s.x[:10]), np.asarray(s.x[10:])], ["samples", ""], os.path.join(out, "samples.png")))
-    if recipe.name == "rhvae":
+        s = np.asarray(sampling.sample(model, variables, key, 20).x)
+        paths.append(plots.image_grid([s[:10], s[10:]], ["samples", ""], os.path.join(out, "samples.png"), **style))
+    if recipe.name == "rhvae" and z.shape[1] == 2:  # the metric plot is of a 2-D latent space
         paths.extend(rhvae_plots(recipe, variables, z, val.y, out, key))
     return paths
 
@@ -52,10 +73,8 @@ def rhvae_plots(recipe, variables, z, labels, out: str, key) -> list[str]:
     else:
         z0, z1 = z[0], z[1]
     _, curve = geometry.fit_geodesic(metric, jnp.asarray(z0), jnp.asarray(z1), key)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = plots.new_figure((5.5, 5.2))
+    ax = fig.subplots()
     geometry_plots.plot_latent_metric(ax, metric, z, labels=labels, geodesics=[np.asarray(curve)], extent=extent)
     ax.set_title("RHVAE: log √det G(z), codes and a geodesic")
-    path = os.path.join(out, "metric.png")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return [path]
+    return [plots.save(fig, os.path.join(out, "metric.png"))]

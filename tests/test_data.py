@@ -224,3 +224,50 @@ def test_malformed_files_are_refused(tmp_path):
     _write_idx(tmp_path / "c-images-idx3-ubyte", np.zeros((3, 2, 2), np.uint8), gz=False)
     _write_idx(tmp_path / "c-labels-idx1-ubyte", np.zeros(4, np.uint8), gz=False)
     _expect_error(tmp_path / "c-images-idx3-ubyte", "labels")
+
+
+# ------------------------------------------------------------------------------ image shapes
+
+
+def test_image_shape_is_recorded_where_the_loader_knows_it(tmp_path, digits, arr):
+    train, val = digits
+    assert train.image_shape == val.image_shape == (8, 8)
+    # MNIST IDX: (rows, cols), kept by load_named's flatten and split
+    images = np.random.default_rng(4).integers(0, 256, size=(10, 4, 3), dtype=np.uint8)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", images, gz=False)
+    tr, va = aet.data.load_named(str(tmp_path / "train-images-idx3-ubyte"))
+    assert tr.x.shape[1:] == (12,) and tr.image_shape == va.image_shape == (4, 3)
+    # .npz with a `shape` entry (even when x is stored flat and there is no entry named x)
+    np.savez(tmp_path / "img.npz", x=np.zeros((6, 6)), y=np.arange(6), shape=np.array([2, 3]))
+    assert aet.data.load(str(tmp_path / "img.npz")).image_shape == (2, 3)
+    np.savez(tmp_path / "unnamed.npz", shape=np.array([2, 3]), pixels=np.ones((6, 6)))
+    ds = aet.data.load(str(tmp_path / "unnamed.npz"))
+    assert ds.x.shape == (6, 6) and ds.x.min() == 1.0 and ds.image_shape == (2, 3)
+    # otherwise unknown: .npz without `shape`, .npy, .csv
+    np.savez(tmp_path / "plain.npz", x=arr)
+    np.save(tmp_path / "plain.npy", arr)
+    np.savetxt(tmp_path / "plain.csv", arr, delimiter=",")
+    for name in ("plain.npz", "plain.npy", "plain.csv"):
+        assert aet.data.load(str(tmp_path / name)).image_shape is None
+
+
+def test_npz_shape_entry_that_does_not_fit_is_refused(tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 6)), shape=np.array([4, 4]))
+    with pytest.raises(ValueError, match=r"bad\.npz.*shape.*16 values.*6"):
+        aet.data.load(str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "neg.npz", x=np.zeros((4, 6)), shape=np.array([-2, -3]))
+    with pytest.raises(ValueError, match=r"neg\.npz.*positive integers"):
+        aet.data.load(str(tmp_path / "neg.npz"))
+
+
+def test_dataset_stays_backward_compatible_and_replace_works_for_any_size():
+    x = np.zeros((11, 2), np.float32)
+    ds = aet.data.Dataset(x, np.arange(11), "mine")  # positional, as before
+    assert ds.image_shape is None and len(ds) == 11 and ds.name == "mine"
+    part = ds._replace(x=x[:5], y=ds.y[:5])  # namedtuple's length check must count fields, not examples
+    assert len(part) == 5 and part.name == "mine" and part.image_shape is None
+    shaped = aet.data.Dataset(np.zeros((7, 4)), image_shape=(2, 2))
+    tr, va = aet.data.train_val_split(shaped, val_fraction=0.3)
+    assert tr.image_shape == va.image_shape == (2, 2) and (len(tr), len(va)) == (5, 2)
+    x_, y_, name_, shape_ = shaped  # still a tuple of its fields
+    assert shape_ == (2, 2) and y_ is None
