@@ -6,8 +6,12 @@ T(x, z) (the f-divergence / NWJ bound):
 
     Î(x; z) = (1/B) Σ_b T(x_b, z_b) − (1/B) Σ_b exp(T(x_b, z_π(b)) − 1),
 
-with z_b ~ q(z|x_b) reparameterised and π a random permutation of the batch
-(``shuffle_latent``), so (x_b, z_π(b)) are draws from the product of marginals.
+with z_b ~ q(z|x_b) reparameterised and π a random derangement of the batch
+(``shuffle_latent``: a permutation with π(b) ≠ b for every b, and P(π(b) = c) =
+1/(B − 1) for every c ≠ b), so (x_b, z_π(b)) are draws from the product of
+marginals. A plain random permutation would keep about one pair in place per
+batch (half the pairs at B = 2), biasing the second term towards the joint;
+AutoEncoderToolkit.jl uses a plain permutation.
 
 - encoder/decoder loss (``loss``): −mean log p(x|z) + β·mean KL − α·Î, the
   critic's parameters held fixed (``stop_gradient``);
@@ -35,7 +39,7 @@ import optax
 from . import train
 from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
 from .encoders import encoder_mean
-from .validation import check_key, check_scalar
+from .validation import check_int, check_key, check_scalar
 
 #: the name of the critic's parameter group in ``variables["params"]``
 MI_GROUP = "mi_network"
@@ -78,12 +82,48 @@ class InfoMaxVAE(AutoEncoderModel):
         return self.decoder(z)
 
 
+def derangement(key: jax.Array, n: int) -> jax.Array:
+    """A random permutation of ``0..n−1`` without fixed points, ``(n,)`` int32.
+
+    π = σ ∘ s ∘ σ⁻¹ for a uniform random permutation σ and a cyclic shift s by a
+    uniform k ∈ {1, …, n − 1}: π(σ(i)) = σ(i + k mod n). No index maps to itself,
+    and by the symmetry of σ each target c ≠ b is equally likely, P(π(b) = c) =
+    1/(n − 1) (π is not uniform over all derangements; the MI bound needs only
+    these marginals). Pure, keyed and jit-able (``n`` is static).
+
+    Args:
+        key: a ``jax.random`` key.
+        n: the number of items, an int ≥ 2 (``ValueError`` otherwise: one item has no derangement).
+
+    Returns:
+        ``pi`` with ``pi[b] ≠ b`` for every ``b``.
+    """
+    check_key(key)
+    check_int(n, "n", minimum=1)
+    if n < 2:
+        raise ValueError(f"a derangement needs n >= 2 items (one item cannot be moved), got n = {n}")
+    k_perm, k_shift = jax.random.split(key)
+    sigma = jax.random.permutation(k_perm, n)
+    shift = jax.random.randint(k_shift, (), 1, n)
+    return jnp.zeros(n, sigma.dtype).at[sigma].set(jnp.roll(sigma, -shift))
+
+
 def shuffle_latent(z: jax.Array, key: jax.Array) -> jax.Array:
-    """Rows of ``z`` ``(batch, d)`` in a random order: ``z[π]`` for a permutation π of the batch."""
+    """Rows of ``z`` ``(batch, d)`` deranged: ``z[π]`` with π(b) ≠ b for every row (``derangement``).
+
+    Args:
+        z: codes ``(batch, ...)`` with batch ≥ 2 (``ValueError`` otherwise).
+        key: a ``jax.random`` key.
+
+    Returns:
+        An array like ``z`` whose row b is row π(b) of ``z``.
+    """
     check_key(key)
     if not hasattr(z, "ndim") or z.ndim < 1:
         raise ValueError("`z` must be an array with a batch axis")
-    return jax.random.permutation(key, z, axis=0, independent=False)
+    if z.shape[0] < 2:
+        raise ValueError(f"`z` needs a batch of >= 2 codes to shuffle into other rows, got {z.shape[0]}")
+    return z[derangement(key, z.shape[0])]
 
 
 def critic(model: InfoMaxVAE, variables: Variables, x: jax.Array, z: jax.Array) -> jax.Array:
@@ -315,6 +355,7 @@ __all__ = [
     "InfoMaxVAE",
     "MutualInfoNetwork",
     "shuffle_latent",
+    "derangement",
     "critic",
     "variational_mutual_info",
     "loss",

@@ -101,6 +101,43 @@ def test_critic_shuffle_and_bound_match_numpy(setup, rng):
     np.testing.assert_allclose(float(got), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [2, 3, 7, 64])
+def test_shuffle_latent_is_a_derangement(batch):
+    # a plain random permutation keeps row b in place with probability 1/B (0.5 at B = 2):
+    # over 2000 keys every shuffle must move every row, and stay a permutation of the rows
+    rows = jnp.arange(batch, dtype=jnp.float32)[:, None]
+    keys = jax.random.split(jax.random.key(11), 2000)
+    perms = np.asarray(jax.jit(jax.vmap(lambda k: imv.shuffle_latent(rows, k)))(keys))[..., 0].astype(int)
+    assert perms.shape == (2000, batch)
+    assert not np.any(perms == np.arange(batch)), "a shuffled code stayed paired with its own x"
+    np.testing.assert_array_equal(np.sort(perms, axis=1), np.broadcast_to(np.arange(batch), perms.shape))
+
+
+@pytest.mark.parametrize("batch", [3, 4, 5])
+def test_derangement_targets_are_uniform_over_the_other_rows(batch):
+    # P(π(b) = c) = 1/(B − 1) for every c ≠ b (what the product-of-marginals term needs)
+    n = 6000
+    perms = np.asarray(jax.jit(jax.vmap(lambda k: imv.derangement(k, batch)))(jax.random.split(jax.random.key(5), n)))
+    freq = np.zeros((batch, batch))
+    for b in range(batch):
+        freq[b] = np.bincount(perms[:, b], minlength=batch) / n
+    p = 1.0 / (batch - 1)
+    off = ~np.eye(batch, dtype=bool)
+    np.testing.assert_array_equal(np.diag(freq), 0.0)
+    # 5 binomial standard deviations: 0.032 at B = 3, 0.022 at B = 5
+    assert np.max(np.abs(freq[off] - p)) < 5.0 * math.sqrt(p * (1 - p) / n)
+    # jit-able with the key as an argument; one key, one derangement
+    same = imv.derangement(jax.random.key(1), batch)
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(jax.jit(imv.derangement, static_argnums=1)(jax.random.key(1), batch)))
+
+
+def test_shuffle_latent_refuses_a_single_row():
+    with pytest.raises(ValueError, match="n >= 2"):
+        imv.derangement(jax.random.key(0), 1)
+    with pytest.raises(ValueError, match="`z` needs a batch of >= 2"):
+        imv.shuffle_latent(jnp.zeros((1, 2)), jax.random.key(0))
+
+
 def test_critic_recovers_gaussian_mutual_information():
     """x ~ N(0, I_2), z = x + ε, ε ~ N(0, I_2): correlation ρ² = 1/2 per dimension and
     I(x; z) = 2 · (−½ log(1 − ρ²)) = log 2 ≈ 0.693 nat. The critic is trained alone."""
