@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .base import Variables, check_inputs, encode, mc_loglikelihood, sample_posterior
-from .encoders import encoder_logposterior, spherical_logprior
+from . import importance
+from .base import Variables, check_inputs, encode
 from .validation import check_int
 
 
@@ -60,12 +60,10 @@ def _marginal_impl(
     n_chunks = -(-n_importance // chunk)
     enc_out = encode(model, variables, x)
 
-    def log_weights(k: jax.Array) -> jax.Array:
-        zs = sample_posterior(model, enc_out, k, chunk)  # (chunk, batch, d)
-        logp = mc_loglikelihood(model, variables, x, zs) + spherical_logprior(zs)
-        return logp - encoder_logposterior(model.encoder, zs, enc_out)
+    def chunk_weights(k: jax.Array) -> jax.Array:  # (chunk, batch)
+        return importance.log_weights(model, variables, x, k, chunk, enc_out=enc_out).logw
 
-    logw = jax.lax.map(log_weights, jax.random.split(key, n_chunks))  # (n_chunks, chunk, batch)
+    logw = jax.lax.map(chunk_weights, jax.random.split(key, n_chunks))  # (n_chunks, chunk, batch)
     logw = logw.reshape(n_chunks * chunk, x.shape[0])[:n_importance]
     return jax.scipy.special.logsumexp(logw, axis=0) - math.log(n_importance)
 

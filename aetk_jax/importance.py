@@ -73,7 +73,14 @@ def scale_gradient(x: jax.Array, s: jax.Array) -> jax.Array:
 
 
 def log_weights(
-    model: Any, variables: Variables, x: jax.Array, key: jax.Array, n_samples: int, *, gradient: str = "standard"
+    model: Any,
+    variables: Variables,
+    x: jax.Array,
+    key: jax.Array,
+    n_samples: int,
+    *,
+    gradient: str = "standard",
+    enc_out: Any = None,
 ) -> LogWeights:
     """Draw ``n_samples`` codes per example from q(z|x) and return their log weights.
 
@@ -85,11 +92,12 @@ def log_weights(
         n_samples: S ≥ 1.
         gradient: ``"standard"``, or ``"dreg"`` to evaluate log q(z|x) at stopped
             encoder parameters (the codes keep their reparameterisation path).
+        enc_out: the encoder's output for ``x``, when already computed.
 
     Returns:
         ``LogWeights(logw (S, batch), z (S, batch, d), enc_out)``.
     """
-    enc_out = encode(model, variables, x)
+    enc_out = encode(model, variables, x) if enc_out is None else enc_out
     zs = sample_posterior(model, enc_out, key, n_samples)
     q_params = jax.lax.stop_gradient(enc_out) if gradient == "dreg" else enc_out
     logp = jax.vmap(lambda z: decoder_loglikelihood(model.decoder, x, decode(model, variables, z)))(zs)
