@@ -80,6 +80,18 @@ def _loss_panels(history: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
     return shown, constant
 
 
+def _plain_y_ticks(ax: Any, values: Sequence[float]) -> None:
+    """Tick labels without an offset or a shared exponent: plain numbers, or ``2.5e-05`` each below 1e-3."""
+    from matplotlib.ticker import FuncFormatter
+
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    if v.size and 0 < v.max() < 1e-3:
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:.3g}"))
+    else:
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+
+
 def _loss_figure(history: dict[str, Any]) -> Figure:
     """The loss-curve figure of ``history`` (``{"epoch": [...], "train": {...}, "val": {...}}``).
 
@@ -106,7 +118,7 @@ def _loss_figure(history: dict[str, Any]) -> Figure:
         ax.set_title(k, fontsize="medium")
         ax.set_ylabel(k)
         ax.set_xlabel("epoch")
-        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+        _plain_y_ticks(ax, list(train[k]) + list(val.get(k, [])))
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in axes[len(keys):]:
         ax.set_visible(False)

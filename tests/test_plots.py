@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import os
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def _history(n_epochs: int = 4) -> dict:
         "grad_norm": list(10 - t),
     }
     val = {k: list(np.asarray(v) + 0.5) for k, v in train.items() if k not in ("grad_norm", "logdet", "converged")}
-    val.update(logdet=[-1.2] * n_epochs, converged=[1.0] * n_epochs, logprior=list(1000.0015 + 1e-3 * t))
+    val.update(logdet=[-1.2] * n_epochs, converged=[1.0] * n_epochs, logprior=list(1000.0015 + 1e-3 * t),
+               fixed_point_residual=list(0.9 * np.asarray(train["fixed_point_residual"])))
     return {"epoch": list(range(n_epochs)), "train": train, "val": val}
 
 
@@ -61,6 +63,8 @@ def test_loss_figure_grid_leaves_out_constant_series_and_labels_axes():
         assert ax.yaxis.get_offset_text().get_text() == "", ax.get_title()  # no "+1e3" / "1e-5" artefacts
     labels = [t.get_text() for t in axes[5].get_yticklabels()]  # logprior near 1000.001
     assert any(lab.startswith("1000.00") for lab in labels), labels
+    labels = [t.get_text() for t in axes[4].get_yticklabels()]  # fixed_point_residual near 1e-8
+    assert all(re.fullmatch(r"[0-9.]+e-0[89]", lab) for lab in labels), labels  # each tick its own exponent
 
 
 def test_loss_figure_of_one_epoch_drops_nothing():
