@@ -17,9 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .dispatch import dispatched
-from .distributions import BernoulliParams, CategoricalParams, GaussianLogParams, GaussianParams
-
-_LOG_2PI = math.log(2.0 * math.pi)
+from .distributions import (
+    BernoulliParams,
+    CategoricalParams,
+    GaussianLogParams,
+    GaussianParams,
+    gaussian_logdensity,
+    softplus_scale,
+)
 
 Shape = Union[int, Sequence[int]]
 
@@ -102,7 +107,7 @@ class JointGaussianLogDecoder(_ShapeMixin, nn.Module):
 
 
 class JointGaussianDecoder(_ShapeMixin, nn.Module):
-    """Diagonal Gaussian with heads μ and σ = softplus(·) on a shared body."""
+    """Diagonal Gaussian with heads μ and σ = softplus(·) + tiny (never 0) on a shared body."""
 
     body: nn.Module
     output_shape: Shape
@@ -111,7 +116,7 @@ class JointGaussianDecoder(_ShapeMixin, nn.Module):
     def __call__(self, z: jax.Array) -> GaussianParams:
         h = self.body(z)
         return GaussianParams(
-            _head(h, self.output_shape, "mu"), nn.softplus(_head(h, self.output_shape, "sigma"))
+            _head(h, self.output_shape, "mu"), softplus_scale(_head(h, self.output_shape, "sigma"))
         )
 
 
@@ -131,7 +136,7 @@ class SplitGaussianLogDecoder(_ShapeMixin, nn.Module):
 
 
 class SplitGaussianDecoder(_ShapeMixin, nn.Module):
-    """Diagonal Gaussian whose μ and σ = softplus(·) come from two separate bodies."""
+    """Diagonal Gaussian whose μ and σ = softplus(·) + tiny come from two separate bodies."""
 
     mu_body: nn.Module
     sigma_body: nn.Module
@@ -141,7 +146,7 @@ class SplitGaussianDecoder(_ShapeMixin, nn.Module):
     def __call__(self, z: jax.Array) -> GaussianParams:
         return GaussianParams(
             _head(self.mu_body(z), self.output_shape, "mu"),
-            nn.softplus(_head(self.sigma_body(z), self.output_shape, "sigma")),
+            softplus_scale(_head(self.sigma_body(z), self.output_shape, "sigma")),
         )
 
 
@@ -175,15 +180,18 @@ def decoder_mean(decoder: nn.Module, dec_out: Any) -> jax.Array:
 
 
 def gaussian_loglikelihood(x: jax.Array, mu: jax.Array, logsigma: jax.Array) -> jax.Array:
-    """Σ log N(x; μ, σ²) over the data axes: −½Σ(x−μ)²/σ² − Σ log σ − (D/2) log 2π."""
-    return _sum_data_axes(-0.5 * ((x - mu) * jnp.exp(-logsigma)) ** 2 - logsigma - 0.5 * _LOG_2PI, x)
+    """Σ log N(x; μ, σ²) over the data axes: −½Σ(x−μ)²/σ² − Σ log σ − (D/2) log 2π.
+
+    Finite in float32 for any finite inputs (``aet.distributions.gaussian_logdensity``).
+    """
+    return _sum_data_axes(gaussian_logdensity(x, mu, logsigma), x)
 
 
 @decoder_loglikelihood.register(BernoulliDecoder)
 def _bernoulli_loglik(decoder: BernoulliDecoder, x: jax.Array, dec_out: BernoulliParams) -> jax.Array:
-    # x log σ(l) + (1 − x) log σ(−l), exact and stable for any logit l
+    # x log σ(l) + (1 − x) log σ(−l) = x·l − softplus(l): one softplus, finite for any logit l
     l = dec_out.logits
-    return _sum_data_axes(x * jax.nn.log_sigmoid(l) + (1.0 - x) * jax.nn.log_sigmoid(-l), x)
+    return _sum_data_axes(x * l - jax.nn.softplus(l), x)
 
 
 @decoder_loglikelihood.register(CategoricalDecoder)
@@ -274,13 +282,51 @@ def check_support(decoder: nn.Module, x: Any, *, name: str = "data") -> None:
 
 
 def _value_range(x: np.ndarray) -> str:
-    return f"[{float(np.min(x)):.4g}, {float(np.max(x)):.4g}]" if x.size else "[]"
+    """``[min, max]`` of ``x`` (failure path only; NaN-free data)."""
+    if x.size == 0:
+        return "[] (no values)"
+    x = x.astype(np.uint8) if x.dtype == np.bool_ else x
+    return f"[{float(np.min(x)):.4g}, {float(np.max(x)):.4g}]"
+
+
+def _nonfinite(x: np.ndarray) -> Optional[str]:
+    """A sentence if ``x`` holds NaN or infinite values (failure path only), else ``None``."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return None
+    finite = np.isfinite(x)
+    if finite.all():
+        return None
+    n_nan = int(np.count_nonzero(np.isnan(x)))
+    n_inf = int(x.size - np.count_nonzero(finite)) - n_nan
+    rest = f" (the finite values lie in {_value_range(x[finite])})" if finite.any() else ""
+    return f"needs finite data, but the data contain {n_nan} NaN and {n_inf} infinite values{rest}: remove or impute them"
+
+
+def _in_unit_interval(x: np.ndarray) -> bool:
+    """All of ``x`` in [0, 1] (False on NaN), in one pass over the data.
+
+    For IEEE floats the non-negative numbers are ordered like their bit patterns
+    read as unsigned integers, and every negative number, NaN and +inf reads as
+    larger than 1.0's pattern; so ``max(bits) <= bits(1.0)`` is the whole test
+    (−0.0 reads as large: the exact comparison then decides).
+    """
+    if x.size == 0:
+        return True
+    if x.dtype in (np.float32, np.float64) and x.flags.c_contiguous:
+        bits = x.view(np.uint32 if x.dtype == np.float32 else np.uint64)
+        if np.max(bits) <= np.array(1.0, x.dtype).view(bits.dtype):
+            return True
+    if x.dtype == np.bool_:
+        return True
+    return bool(np.min(x) >= 0 and np.max(x) <= 1)  # NaN compares False
 
 
 @decoder_support.register(BernoulliDecoder)
 def _bernoulli_support(decoder: BernoulliDecoder, x: np.ndarray) -> Optional[str]:
-    if x.size and (np.min(x) >= 0.0) and (np.max(x) <= 1.0):
+    if _in_unit_interval(x):
         return None
+    if (problem := _nonfinite(x)) is not None:
+        return problem
     return (
         f"needs data in [0, 1] (a Bernoulli log-likelihood), but the values lie in {_value_range(x)}: "
         "scale the data to [0, 1] (e.g. divide by the maximum), or use a Gaussian decoder (--decoder gaussian)"
@@ -294,9 +340,14 @@ def _categorical_support(decoder: CategoricalDecoder, x: np.ndarray) -> Optional
         if x.size == 0 or (np.min(x) >= 0 and np.max(x) < k):
             return None
         return f"needs integer classes in 0..{k - 1}, but the values lie in {_value_range(x)}"
-    onehot = x.shape[-1:] == (k,) and np.all((x == 0) | (x == 1)) and np.all(np.sum(x, axis=-1) == 1)
+    # one-hot: each row along the last axis has exactly one non-zero entry, and the row sums to 1
+    onehot = x.shape[-1:] == (k,) and bool(
+        np.all(np.count_nonzero(x, axis=-1) == 1) and np.all(np.sum(x, axis=-1) == 1)
+    )
     if onehot:
         return None
+    if (problem := _nonfinite(x)) is not None:
+        return problem
     return (
         f"needs one-hot data with a last axis of {k} categories (or integer classes 0..{k - 1}), "
         f"but got an array of shape {x.shape} with values in {_value_range(x)}"

@@ -15,10 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from .dispatch import dispatched
-from .distributions import GaussianLogParams, GaussianParams
+from .distributions import LOG_2PI, GaussianLogParams, GaussianParams, gaussian_logdensity, softplus_scale
 from .validation import check_scalar
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class Encoder(nn.Module):
@@ -32,8 +30,27 @@ class Encoder(nn.Module):
         return nn.Dense(self.latent_dim, name="z")(self.body(x))
 
 
+def _scale_head(latent_dim: int, name: str, bias: float) -> nn.Dense:
+    """The σ (or log σ) head: zero kernel and a constant bias, so q(z|x) starts at σ = 1 for every x.
+
+    With the default (lecun-normal) kernel, unnormalised inputs (raw counts 0..16)
+    gave log σ up to 14 at initialisation and codes of size e^14; the zero kernel
+    still receives gradient, and the parameter tree is unchanged.
+    """
+    return nn.Dense(
+        latent_dim, name=name, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.constant(bias)
+    )
+
+
+#: softplus⁻¹(1) = log(e − 1): the σ head's initial bias, so that σ = 1 at initialisation
+_SOFTPLUS_INV_ONE = math.log(math.e - 1.0)
+
+
 class JointGaussianLogEncoder(nn.Module):
-    """Gaussian q(z|x) = N(μ(x), diag σ(x)²) with heads μ and log σ on a shared body."""
+    """Gaussian q(z|x) = N(μ(x), diag σ(x)²) with heads μ and log σ on a shared body.
+
+    The log σ head starts at zero (kernel and bias), i.e. σ = 1 for every input.
+    """
 
     body: nn.Module
     latent_dim: int
@@ -42,12 +59,15 @@ class JointGaussianLogEncoder(nn.Module):
     def __call__(self, x: jax.Array) -> GaussianLogParams:
         h = self.body(x)
         return GaussianLogParams(
-            nn.Dense(self.latent_dim, name="mu")(h), nn.Dense(self.latent_dim, name="logsigma")(h)
+            nn.Dense(self.latent_dim, name="mu")(h), _scale_head(self.latent_dim, "logsigma", 0.0)(h)
         )
 
 
 class JointGaussianEncoder(nn.Module):
-    """Gaussian q(z|x) with heads μ and σ = softplus(·) > 0 on a shared body."""
+    """Gaussian q(z|x) with heads μ and σ = softplus(·) + tiny > 0 (never 0) on a shared body.
+
+    The σ head starts with a zero kernel and bias softplus⁻¹(1), i.e. σ = 1 for every input.
+    """
 
     body: nn.Module
     latent_dim: int
@@ -57,7 +77,7 @@ class JointGaussianEncoder(nn.Module):
         h = self.body(x)
         return GaussianParams(
             nn.Dense(self.latent_dim, name="mu")(h),
-            nn.softplus(nn.Dense(self.latent_dim, name="sigma")(h)),
+            softplus_scale(_scale_head(self.latent_dim, "sigma", _SOFTPLUS_INV_ONE)(h)),
         )
 
 
@@ -80,12 +100,12 @@ def spherical_logprior(z: jax.Array, sigma: float = 1.0) -> jax.Array:
     """
     check_scalar(sigma, "sigma", positive=True)
     d = z.shape[-1]
-    return -0.5 * (d * (_LOG_2PI + 2.0 * jnp.log(sigma)) + jnp.sum(z**2, axis=-1) / sigma**2)
+    return -0.5 * (d * (LOG_2PI + 2.0 * jnp.log(sigma)) + jnp.sum(z**2, axis=-1) / sigma**2)
 
 
 def gaussian_logpdf(z: jax.Array, mu: jax.Array, logsigma: jax.Array) -> jax.Array:
-    """Σⱼ log N(zⱼ; μⱼ, σⱼ²) over the last axis; broadcasts leading axes."""
-    return jnp.sum(-0.5 * ((z - mu) * jnp.exp(-logsigma)) ** 2 - logsigma - 0.5 * _LOG_2PI, axis=-1)
+    """Σⱼ log N(zⱼ; μⱼ, σⱼ²) over the last axis; broadcasts leading axes (stable in float32)."""
+    return jnp.sum(gaussian_logdensity(z, mu, logsigma), axis=-1)
 
 
 @dispatched("encoder_logposterior")

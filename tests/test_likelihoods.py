@@ -6,6 +6,7 @@ path decoder -> parameters -> dispatched log-likelihood is checked.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import distrax
@@ -202,7 +203,14 @@ def test_unregistered_decoder_inside_a_vae_loss_raises_type_error():
 def _gaussian_encoder_outputs(kind: str):
     enc_cls = aet.JointGaussianLogEncoder if kind == "log" else aet.JointGaussianEncoder
     enc = enc_cls(_body(), LATENT)
-    out = _apply(enc, jnp.asarray(np.random.default_rng(12).normal(size=(B, D)) * 3.0), seed=13)
+    x = jnp.asarray(np.random.default_rng(12).normal(size=(B, D)) * 3.0)
+    variables = enc.init(jax.random.key(13), x)
+    # the σ head starts at σ = 1 for every x (zero kernel): give it a random kernel so σ varies
+    head = "logsigma" if kind == "log" else "sigma"
+    params = dict(variables["params"])
+    kernel = params[head]["kernel"]
+    params[head] = {**params[head], "kernel": jnp.asarray(np.random.default_rng(17).normal(size=kernel.shape), kernel.dtype)}
+    out = enc.apply({"params": params}, x)
     mu = np.asarray(out.mu)
     sigma = np.exp(np.asarray(out.logsigma)) if kind == "log" else np.asarray(out.sigma)
     return enc, out, mu, sigma
@@ -280,3 +288,234 @@ def test_unregistered_encoder_raises_type_error():
 
     with pytest.raises(TypeError, match=r"@aet\.encoder_kl\.register\(OddEncoder\)"):
         aet.encoder_kl(OddEncoder(), jnp.zeros((1, 2)))
+
+
+def test_gaussian_encoders_start_at_unit_sigma_for_any_input():
+    # the σ heads start with a zero kernel: σ = 1 whatever the input's scale (raw counts 0..16
+    # gave log σ up to 14 with the default kernel), and the parameter tree is the usual one
+    x = jnp.asarray(np.random.default_rng(18).uniform(0, 16, size=(B, 64)), jnp.float32)
+    for cls, head in ((aet.JointGaussianLogEncoder, "logsigma"), (aet.JointGaussianEncoder, "sigma")):
+        enc = cls(aet.MLP([32, 32], final_activation=nn.relu), LATENT)
+        variables = enc.init(jax.random.key(0), x)
+        assert set(variables["params"]) == {"body", "mu", head}
+        assert variables["params"][head]["kernel"].shape == (32, LATENT)
+        out = enc.apply(variables, x)
+        sigma = np.exp(np.asarray(out.logsigma)) if head == "logsigma" else np.asarray(out.sigma)
+        np.testing.assert_allclose(sigma, 1.0, rtol=1e-6)
+
+
+# ------------------------------------------------------------ float32 hazards of the Gaussian
+
+
+def _np_gauss(x, mu, logsigma):
+    x, mu, logsigma = (np.asarray(v, np.float64) for v in (x, mu, logsigma))
+    return -0.5 * ((x - mu) / np.exp(logsigma)) ** 2 - logsigma - 0.5 * np.log(2 * np.pi)
+
+
+def _old_gauss(x, mu, logsigma):
+    """The direct form every module used before: −½((x − μ)·e^{−log σ})² − log σ − ½ log 2π."""
+    return -0.5 * ((x - mu) * jnp.exp(-logsigma)) ** 2 - logsigma - 0.5 * math.log(2 * math.pi)
+
+
+# (x, μ, log σ): x = μ at log σ = −100 (0·inf = NaN in the direct form); |x − μ| = 1e-30 at
+# log σ = −90 (e^90 overflows float32: −inf, though the exact value −7.4e17 is representable)
+EXACT_IN_FLOAT32 = [(0.3, 0.3, -100.0), (1e-30, 0.0, -90.0), (-2.5, -2.5, -60.0), (3.0, -1.0, 80.0)]
+
+
+@pytest.mark.parametrize("point", EXACT_IN_FLOAT32)
+def test_gaussian_logdensity_is_exact_at_float32_extremes(point):
+    x, mu, ls = (jnp.asarray(v, jnp.float32) for v in point)
+    got = aet.distributions.gaussian_logdensity(x, mu, ls)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), _np_gauss(*point), rtol=2e-6)
+    # and through the dispatched decoder likelihood and the encoder log-posterior
+    dec = aet.JointGaussianLogDecoder(_body(), 1)
+    out = aet.GaussianLogParams(mu.reshape(1, 1), ls.reshape(1, 1))
+    np.testing.assert_allclose(float(aet.decoder_loglikelihood(dec, x.reshape(1, 1), out)[0]), _np_gauss(*point), rtol=2e-6)
+    enc = aet.JointGaussianLogEncoder(_body(), 1)
+    np.testing.assert_allclose(float(aet.encoder_logposterior(enc, x.reshape(1, 1), out)[0]), _np_gauss(*point), rtol=2e-6)
+
+
+def test_gaussian_logdensity_gradients_at_x_equal_mu_are_exact():
+    # at x = μ: ∂/∂x = ∂/∂μ = 0 and ∂/∂log σ = (x − μ)²/σ² − 1 = −1, for any log σ
+    for ls in (-100.0, -60.0, 0.0, 30.0):
+        g = jax.grad(aet.distributions.gaussian_logdensity, argnums=(0, 1, 2))(
+            jnp.float32(0.3), jnp.float32(0.3), jnp.float32(ls)
+        )
+        np.testing.assert_array_equal([float(v) for v in g], [0.0, 0.0, -1.0])
+
+
+def test_gaussian_logdensity_beyond_float32_range_is_finite_with_the_right_gradient_signs():
+    # |x − μ| = 1 at log σ = −60: the exact value −6.5e51 is below float32's range (the direct
+    # form gives −inf). It must stay finite (the loss of a batch, summed over 1e6 such
+    # elements, too) and its gradient must still pull μ towards x and log σ up.
+    x, mu, ls = jnp.float32(1.0), jnp.float32(0.0), jnp.float32(-60.0)
+    assert float(_old_gauss(x, mu, ls)) == -np.inf
+    f = aet.distributions.gaussian_logdensity
+    v = f(x, mu, ls)
+    assert np.isfinite(float(v)) and float(v) < -1e27
+    assert np.isfinite(float(jnp.sum(f(jnp.full((1000, 1000), x), mu, ls))))
+    gx, gmu, gls = (float(g) for g in jax.grad(f, argnums=(0, 1, 2))(x, mu, ls))
+    assert np.isfinite([gx, gmu, gls]).all() and gx < 0 < gmu and gls > 0
+    # in float64 the same point is exact
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(float(f(jnp.float64(1.0), 0.0, -60.0)), _np_gauss(1.0, 0.0, -60.0), rtol=1e-12)
+
+
+def test_gaussian_logdensity_unchanged_at_ordinary_points():
+    rng = np.random.default_rng(19)
+    x, mu = rng.normal(size=(2, 200)) * 3.0
+    ls = rng.uniform(-4.0, 3.0, size=200)
+    with jax.enable_x64(True):
+        got64 = np.asarray(aet.distributions.gaussian_logdensity(jnp.asarray(x), jnp.asarray(mu), jnp.asarray(ls)))
+        np.testing.assert_allclose(got64, _np_gauss(x, mu, ls), rtol=1e-12, atol=1e-12)
+        g64 = jax.grad(lambda m: aet.distributions.gaussian_logdensity(jnp.asarray(x), m, jnp.asarray(ls)).sum())(jnp.asarray(mu))
+        np.testing.assert_allclose(np.asarray(g64), (x - mu) / np.exp(2 * ls), rtol=1e-10)
+    x32, mu32, ls32 = (jnp.asarray(v, jnp.float32) for v in (x, mu, ls))
+    got32 = np.asarray(aet.distributions.gaussian_logdensity(x32, mu32, ls32))
+    np.testing.assert_allclose(got32, np.asarray(_old_gauss(x32, mu32, ls32)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got32, _np_gauss(x, mu, ls), rtol=1e-5, atol=1e-5)
+
+
+def _with_sigma_head(variables, bias: float):
+    """Set every σ head ("sigma") to a zero kernel and a constant pre-activation ``bias``."""
+    params = dict(variables["params"])
+    params["sigma"] = {"kernel": jnp.zeros_like(params["sigma"]["kernel"]), "bias": jnp.full_like(params["sigma"]["bias"], bias)}
+    return {"params": params}
+
+
+@pytest.mark.parametrize("kind", ["joint", "split", "encoder"])
+def test_softplus_sigma_never_underflows(kind):
+    # softplus(−100) = 3.7e-44 is 0 in float32 (log σ = −inf, log p = +inf); σ = softplus + tiny
+    if kind == "encoder":
+        module = aet.JointGaussianEncoder(_body(), D)
+        inp = jnp.asarray(np.random.default_rng(20).normal(size=(B, 4)), jnp.float32)
+    else:
+        module = GAUSSIAN_DECODERS[kind](D)
+        inp = jnp.asarray(_z(21), jnp.float32)
+    variables = _with_sigma_head(module.init(jax.random.key(0), inp), -100.0)
+    out = module.apply(variables, inp)
+    tiny = float(np.finfo(np.float32).tiny)
+    want_sigma = np.log1p(np.exp(-100.0)) + tiny  # float64 reference of σ = softplus(a) + tiny
+    # (float32 flushes the subnormal softplus(−100) = 3.7e-44 to 0: a relative 3.2e-6 below tiny + it)
+    np.testing.assert_allclose(np.asarray(out.sigma), want_sigma, rtol=1e-5)
+    want = D * _np_gauss(0.0, 0.0, np.log(want_sigma))  # x = μ: D (−log σ − ½ log 2π)
+    if kind == "encoder":
+        got = aet.encoder_logposterior(module, out.mu, out)
+        assert np.isfinite(np.asarray(aet.encoder_kl(module, out))).all()
+    else:
+        got = aet.decoder_loglikelihood(module, out.mu, out)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+
+    def total(v):  # at x = μ (elsewhere the exact ∂/∂σ = (q − 1)/σ at σ = 1e-38 exceeds float32)
+        o = module.apply(v, inp)
+        if kind == "encoder":
+            return jnp.sum(aet.encoder_logposterior(module, o.mu, o) - aet.encoder_kl(module, o))
+        return jnp.sum(aet.decoder_loglikelihood(module, o.mu, o))
+
+    grads = jax.grad(total)(variables)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+    # ordinary pre-activations: σ is exactly softplus
+    ordinary = module.apply(_with_sigma_head(variables, 0.7), inp)
+    np.testing.assert_array_equal(np.asarray(ordinary.sigma), np.asarray(jax.nn.softplus(jnp.float32(0.7))))
+
+
+# ----------------------------------------------------------------- Bernoulli: x·l − softplus(l)
+
+
+def _np_bernoulli(x, l):
+    # x log σ(l) + (1 − x) log σ(−l) with log σ(l) = −log(1 + e^{−l}), in float64
+    return -x * np.logaddexp(0.0, -l) - (1.0 - x) * np.logaddexp(0.0, l)
+
+
+def test_bernoulli_form_matches_float64_reference_up_to_logit_100():
+    # one element per example: logits −100..100 against x = 0, 0.3 and 1
+    l = np.tile(np.linspace(-100.0, 100.0, 401), 3)[:, None]
+    x = np.repeat([0.0, 0.3, 1.0], 401)[:, None]
+    dec = aet.BernoulliDecoder(_body(), 1)
+    want = _np_bernoulli(x, l)[:, 0]
+    dwant = (x - special.expit(l))[:, 0]
+
+    def ll(xx, logits):
+        return aet.decoder_loglikelihood(dec, xx, aet.BernoulliParams(logits))
+
+    with jax.enable_x64(True):
+        got = np.asarray(ll(jnp.asarray(x), jnp.asarray(l)))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        g = np.asarray(jax.grad(lambda t: ll(jnp.asarray(x), t).sum())(jnp.asarray(l)))[:, 0]
+        np.testing.assert_allclose(g, dwant, rtol=1e-12, atol=1e-14)  # 1 − σ(l): ulps of 1
+    x32, l32 = jnp.asarray(x, jnp.float32), jnp.asarray(l, jnp.float32)
+    got32 = np.asarray(ll(x32, l32))
+    assert got32.dtype == np.float32
+    # float32: within a few ulps of |l| (the form loses e^{−|l|} next to |l|, never more)
+    np.testing.assert_allclose(got32, want, rtol=1e-6, atol=4 * float(np.spacing(np.float32(100.0))))
+    g32 = np.asarray(jax.grad(lambda t: ll(x32, t).sum())(l32))[:, 0]
+    assert np.isfinite(g32).all()
+    np.testing.assert_allclose(g32, dwant, atol=1e-6)
+
+
+def test_bernoulli_loglikelihood_costs_one_softplus():
+    # x·l − softplus(l) needs one exp and one log1p per element (x log σ(l) + (1 − x) log σ(−l): two)
+    dec = aet.BernoulliDecoder(_body(), 8)
+    x = jnp.full((4, 8), 0.5)
+    hlo = jax.jit(lambda l: aet.decoder_loglikelihood(dec, x, aet.BernoulliParams(l))).lower(x).compile().as_text()
+    assert hlo.count("exponential(") == 1 and hlo.count("log-plus-one(") == 1
+
+
+# ------------------------------------------------------------------- support of the likelihood
+
+
+def test_bernoulli_support_refuses_standardised_data_with_the_fix(digits):
+    dec = aet.BernoulliDecoder(_body(), 64)
+    aet.check_support(dec, digits[0].x, name="train")  # digits in [0, 1]: accepted
+    for ok in (np.array([[0, 1, 1]]), np.array([[True, False]]), np.array([[-0.0, 1.0]]), np.zeros((0, 3))):
+        assert aet.decoder_support(dec, ok) is None
+    x = np.asarray(digits[0].x)
+    standardised = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    with pytest.raises(ValueError) as info:
+        aet.check_support(dec, standardised, name="train")
+    msg = str(info.value)
+    lo, hi = standardised.min(), standardised.max()
+    assert "\n" not in msg and msg.startswith("train: BernoulliDecoder")
+    for part in ("[0, 1]", f"[{lo:.4g}, {hi:.4g}]", "--decoder gaussian", "scale the data to [0, 1]"):
+        assert part in msg, part
+    # just outside [0, 1] on either side, and raw 0..16 counts
+    for bad in (np.array([[0.5, 1.0001]], np.float32), np.array([[-1e-7, 0.5]]), np.array([[0, 16]])):
+        assert "needs data in [0, 1]" in aet.decoder_support(dec, bad)
+
+
+def test_support_check_names_nan_values():
+    dec = aet.BernoulliDecoder(_body(), 3)
+    x = np.full((4, 3), 0.5, np.float32)
+    x[1, 2] = np.nan
+    x[2, 0] = np.inf
+    msg = aet.decoder_support(dec, x)
+    assert "1 NaN and 1 infinite values" in msg and "[0.5, 0.5]" in msg
+    cat = aet.CategoricalDecoder(_body(), 2, 3)
+    onehot = np.eye(3)[np.zeros((4, 2), int)]
+    onehot[0, 0, 1] = np.nan
+    assert "1 NaN" in aet.decoder_support(cat, onehot)
+
+
+def test_categorical_support_refuses_non_one_hot_data():
+    k = 4
+    dec = aet.CategoricalDecoder(_body(), 3, k)
+    labels = np.random.default_rng(22).integers(0, k, size=(6, 3))
+    onehot = np.eye(k)[labels]
+    assert aet.decoder_support(dec, onehot) is None
+    assert aet.decoder_support(dec, onehot.astype(np.float32)) is None
+    assert aet.decoder_support(dec, labels) is None
+    soft = np.full((6, 3, k), 1.0 / k)  # sums to 1, not one-hot
+    two_hot = onehot.copy()
+    two_hot[0, 0] = [1, 1, 0, 0]
+    for bad in (soft, two_hot, np.eye(k + 1)[labels], onehot * 2.0):
+        msg = aet.decoder_support(dec, bad)
+        assert msg is not None and f"one-hot data with a last axis of {k} categories" in msg
+    with pytest.raises(ValueError, match=r"^data: CategoricalDecoder needs integer classes in 0\.\.3, but the values lie in \[0, 4\]$"):
+        aet.check_support(dec, np.array([[0, 4, 1]]))
+
+
+def test_a_users_decoder_without_a_support_check_is_not_checked():
+    dec = UnregisteredDecoder()
+    assert aet.decoder_support(dec, np.array([[-5.0, np.nan, 1e9]])) is None
+    aet.check_support(dec, np.array([[-5.0, 3.5]]), name="train")  # no error
