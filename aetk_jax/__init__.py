@@ -77,4 +77,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    loaded = [n for n, v in globals().items() if getattr(v, "__name__", "").startswith(f"{__name__}.")]
+    return sorted({*__all__, *loaded, "__version__"})

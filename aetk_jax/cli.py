@@ -2,15 +2,35 @@
 
     aet train --model vae --out runs/vae
     aet evaluate runs/vae
+    aet --version
 
 ``train`` writes ``config.json``, ``history.json``, ``results.json``, a
 ``checkpoints/`` folder and PNG plots under ``--out``. ``aet train --resume
 DIR`` continues the run in DIR (its ``config.json``; ``--epochs`` may raise the
 total) from its newest intact checkpoint; ``aet train --resume --out DIR`` is
-the same. Errors in the user's input (bad options, unreadable or malformed
-data, a corrupt run folder, a non-finite loss) are printed as one line on
-stderr and the command exits with status 2; warnings are printed one line each
-after a successful run.
+the same. Resuming a folder with no ``config.json`` or no checkpoint is
+refused.
+
+Exit status and messages (stderr, one line each, never a traceback):
+
+* 0: success; warnings (e.g. posterior collapse: mean KL per latent
+  dimension below ``COLLAPSE_KL`` nats on the validation data) follow as
+  ``aet train: warning: ...``.
+* 2: an error in the user's input (bad options, unreadable or malformed data,
+  data outside the decoder's support such as standardised data for the
+  Bernoulli decoder, a corrupt run folder, a non-finite loss).
+* 130: Ctrl-C. The first Ctrl-C lets the current epoch finish and write its
+  checkpoint; a second one abandons it. ``history.json`` and a
+  ``results.json`` with ``"finished": false`` are written, and the message
+  says how to continue (``aet train --resume DIR``).
+* 1 (``evaluate`` only): the run did not finish (no ``results.json``, or
+  ``"finished": false`` after Ctrl-C or a non-finite loss) or its history or
+  the evaluated numbers are non-finite. The numbers of its newest checkpoint
+  are still printed on stdout, with a one-line warning saying why they should
+  not be trusted as the run's result.
+
+Importing this module loads no JAX: ``aet --help`` and ``aet --version`` are
+fast, and each command imports what it needs.
 """
 from __future__ import annotations
 
@@ -34,16 +54,29 @@ RUN_DEFAULTS: dict[str, Any] = {
     "hidden": [128, 128],
     "seed": 0,
 }
+COLLAPSE_KL = 0.01  # nats per latent dimension: below it the posterior has collapsed onto the prior
+# the models whose "kl" metric is KL(q(z|x) || p(z)) (RHVAE's "kl" is a different gap)
+KL_MODELS = ("vae", "betavae", "mmdvae", "infomaxvae")
 
 
 class UserError(Exception):
     """A problem with the command line or the data, reported in one line."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C: reported in one line (with how to resume) and exit status 130."""
+
+
+class UnfinishedRunWarning(UserWarning):
+    """``aet evaluate`` on a run that did not finish: the command exits with status 1."""
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .builders import DECODERS, MODELS
 
     p = argparse.ArgumentParser(prog="aet", description="Train and evaluate autoencoders with aetk_jax.")
+    p.add_argument("--version", action="version", version=f"aet (aetk_jax) {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model and write checkpoints, history and plots")
     # None = not given: the default (RUN_DEFAULTS) or, when resuming, the run's config.json
@@ -137,9 +170,11 @@ def resolve_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The output folder and the run configuration from the command line.
 
     Options not given take :data:`RUN_DEFAULTS`. When resuming (``--resume
-    DIR`` or ``--resume --out DIR``) an existing ``DIR/config.json`` supplies
-    them instead, and an option given with another value than the run's is a
-    ``UserError`` naming it; ``--epochs`` may change (the new total).
+    DIR``, ``--resume --out DIR`` or a bare ``--resume`` for ``runs/MODEL``)
+    ``DIR/config.json`` supplies them instead, and an option given with another
+    value than the run's is a ``UserError`` naming it; ``--epochs`` may change
+    (the new total). Resuming a folder without ``config.json`` is a
+    ``UserError`` (it never starts a new run silently).
     """
     given = {k: getattr(args, k) for k in RUN_DEFAULTS if getattr(args, k, None) is not None}
     resume_dir = args.resume if isinstance(args.resume, str) else None
@@ -161,8 +196,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
                 raise UserError(f"cannot resume {out}: " + "; ".join(diffs))
             cfg.update({k: stored[k] for k in RUN_DEFAULTS if k in stored})
             stored_epochs = stored.get("epochs")
-        elif resume_dir is not None:
-            raise UserError(f"--resume {resume_dir}: not a training run (no config.json)")
+        else:  # `--resume DIR`, `--resume --out DIR` and a bare `--resume` alike
+            raise UserError(f"--resume {out}: not a training run (no config.json); to start one, leave out --resume")
     if args.epochs is not None:
         epochs = args.epochs
     elif stored_epochs is not None:
@@ -193,42 +228,106 @@ def resolve_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return out, cfg
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    import jax
+def _check_support(recipe, cfg: dict[str, Any], *datasets) -> None:
+    """``UserError`` (one line) when the data lie outside the support of the recipe's decoder."""
+    from .decoders import check_support
+
+    decoder = getattr(recipe.model, "decoder", None)
+    if decoder is None:
+        return
+    for ds in datasets:
+        try:
+            check_support(decoder, ds.x, name=f"--data {cfg['data']}")
+        except ValueError as err:
+            raise UserError(f"{err} (the run's decoder is --decoder {cfg['decoder']})") from None
+
+
+def _collapse_warning(recipe, cfg: dict[str, Any], history: dict[str, Any]) -> None:
+    """Warn (one line) when the mean KL per latent dimension on the validation data is below ``COLLAPSE_KL``."""
+    kl = history.get("val", {}).get("kl") or history.get("train", {}).get("kl")
+    if recipe.name not in KL_MODELS or not kl:
+        return
+    per_dim = kl[-1] / cfg["latent_dim"]
+    if per_dim < COLLAPSE_KL:
+        beta = recipe.hyper.get("beta")
+        hint = f"lower beta (now {beta:g}), " if beta is not None and beta > 1 else ""
+        warnings.warn(
+            f"posterior collapse: the mean KL per latent dimension on the validation data is {per_dim:.3g} nats "
+            f"(below {COLLAPSE_KL:g}), so the decoder ignores the latent code and every sample looks alike; "
+            f"{hint}train longer or change --lr",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _fit_run(tr, recipe, cfg, args, out, train_ds, val_ds, fit_key):
+    """``fit`` for the CLI; on Ctrl-C or a non-finite loss writes history.json and an unfinished results.json."""
     import optax
 
+    epochs = cfg["epochs"]
+    try:
+        return tr.fit(
+            recipe.model,
+            recipe.loss,
+            train_ds,
+            key=fit_key,
+            optimizer=optax.adam(cfg["lr"]),
+            epochs=epochs,
+            batch_size=min(cfg["batch_size"], len(train_ds)),
+            val_data=val_ds,
+            progress=not args.no_progress,
+            checkpoint_dir=os.path.join(out, "checkpoints"),
+            resume=bool(args.resume),
+            on_nonfinite=args.on_nonfinite,
+        )
+    except (tr.TrainingInterrupted, tr.NonFiniteError) as err:
+        tr.save_history(err.history, os.path.join(out, "history.json"))
+        done = len(err.history.get("epoch", []))
+        results = {"model": cfg["model"], "data": cfg["data"], "epochs": epochs, "epochs_done": done,
+                   "finished": False, "checkpoint": err.checkpoint}
+        if isinstance(err, tr.NonFiniteError):
+            _write_json(os.path.join(out, "results.json"), {**results, "error": " ".join(str(err).split())})
+            raise
+        _write_json(os.path.join(out, "results.json"), {**results, "interrupted": True})
+        where = f"checkpoint {os.path.basename(err.checkpoint)}" if err.checkpoint else "no checkpoint yet"
+        raise Interrupted(
+            f"stopped after epoch {done} of {epochs} ({where}); continue with: aet train --resume {out}"
+        ) from None
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import jax
+
+    from . import checkpoint as ckpt
     from . import train as tr
     from .run_plots import run_plots
 
     out, cfg = resolve_config(args)
     epochs = cfg["epochs"]
+    if args.resume and not ckpt.list_checkpoints(os.path.join(out, "checkpoints")):
+        raise UserError(f"--resume {out}: no checkpoint to resume from (no epoch finished); start it again "
+                        "without --resume")
     train_ds, val_ds = _load_data(cfg)
     recipe = _recipe(cfg, train_ds.x.shape[1:])
+    _check_support(recipe, cfg, train_ds, val_ds)
     cfg["hyper"] = recipe.hyper
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "config.json"), cfg)
     key = jax.random.key(cfg["seed"])
     fit_key, eval_key, plot_key = jax.random.split(key, 3)
     t0 = time.perf_counter()
-    variables, history = tr.fit(
-        recipe.model,
-        recipe.loss,
-        train_ds,
-        key=fit_key,
-        optimizer=optax.adam(cfg["lr"]),
-        epochs=epochs,
-        batch_size=min(cfg["batch_size"], len(train_ds)),
-        val_data=val_ds,
-        progress=not args.no_progress,
-        checkpoint_dir=os.path.join(out, "checkpoints"),
-        resume=bool(args.resume),
-        on_nonfinite=args.on_nonfinite,
-    )
+    variables, history = _fit_run(tr, recipe, cfg, args, out, train_ds, val_ds, fit_key)
     seconds = time.perf_counter() - t0
     tr.save_history(history, os.path.join(out, "history.json"))
-    results = {"model": cfg["model"], "data": cfg["data"], "epochs": epochs, "train_seconds": seconds}
-    results.update(_evaluate(recipe, variables, val_ds.x, eval_key, 256))
-    plots = [] if args.no_plots else run_plots(recipe, variables, train_ds, val_ds, history, out, plot_key)
+    _collapse_warning(recipe, cfg, history)
+    try:
+        results = {"model": cfg["model"], "data": cfg["data"], "epochs": epochs, "train_seconds": seconds}
+        results.update(_evaluate(recipe, variables, val_ds.x, eval_key, 256))
+        results["finished"] = True
+        plots = [] if args.no_plots else run_plots(recipe, variables, train_ds, val_ds, history, out, plot_key)
+    except KeyboardInterrupt:  # training is done and checkpointed; only the report was cut short
+        raise Interrupted(f"stopped after training, before results.json; redo the report with: "
+                          f"aet train --resume {out}") from None
     results["plots"] = [os.path.basename(p) for p in plots]
     _write_json(os.path.join(out, "results.json"), results)
     print(json.dumps({k: v for k, v in results.items() if k != "plots"}))
@@ -236,7 +335,38 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _unfinished(run_dir: str, res: dict[str, float]) -> Optional[str]:
+    """Why the numbers of ``run_dir`` are not the result of a finished run, or ``None``."""
+    import math
+
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        return "the run never finished (no results.json)"
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"results.json is unreadable ({err})"
+    if isinstance(results, dict) and results.get("finished") is False:
+        why = results.get("error") or "it was interrupted"
+        return f"the run did not finish after {results.get('epochs_done', '?')} of {results.get('epochs', '?')} " \
+               f"epochs ({why})"
+    try:
+        with open(os.path.join(run_dir, "history.json")) as f:
+            history = json.load(f)
+        values = [v for split in ("train", "val") for seq in history.get(split, {}).values() for v in seq]
+    except (OSError, ValueError, AttributeError, TypeError):
+        values = []
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return "its history.json holds non-finite values (the run diverged)"
+    bad = [k for k, v in res.items() if not math.isfinite(v)]
+    if bad:
+        return f"the evaluated {', '.join(bad)} are not finite"
+    return None
+
+
 def evaluate_run(args: argparse.Namespace) -> dict[str, float]:
+    """``aet evaluate DIR``; a run that did not finish gets an ``UnfinishedRunWarning`` (exit status 1)."""
     import jax
 
     from . import train as tr
@@ -249,14 +379,40 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, float]:
     cfg = _read_config(path)
     train_ds, val_ds = _load_data(cfg)
     recipe = _recipe(cfg, train_ds.x.shape[1:])
+    _check_support(recipe, cfg, train_ds, val_ds)
     variables = tr.load_variables(recipe.model, os.path.join(args.dir, "checkpoints"), train_ds.x[:1])
     res = _evaluate(recipe, variables, val_ds.x, jax.random.key(args.seed), args.n_importance)
     print(json.dumps(res))
+    why = _unfinished(args.dir, res)
+    if why is not None:
+        warnings.warn(f"{args.dir}: {why}; the numbers above are its newest checkpoint's, not a finished "
+                      "run's result", UnfinishedRunWarning, stacklevel=2)
     return res
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _report_warnings(command: str, caught: list) -> int:
+    """Print each distinct warning on one line; 1 if one says the evaluated run did not finish, else 0."""
+    seen = set()
+    status = 0
+    quiet = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning)
+    for w in caught:
+        if issubclass(w.category, quiet):
+            continue
+        if issubclass(w.category, UnfinishedRunWarning):
+            status = 1
+        text = _one_line(str(w.message))
+        if text not in seen:
+            seen.add(text)
+            print(f"aet {command}: warning: {text}", file=sys.stderr)
+    return status
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (0, or 2 after a one-line error on stderr)."""
+    """Run the command line; returns the exit status (see the module docstring: 0, 1, 2 or 130)."""
     args = _parser().parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
@@ -267,19 +423,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 evaluate_run(args)
         except (UserError, ValueError, TypeError, OSError, FloatingPointError) as err:
             # user errors, unreadable files and NonFiniteError: one line, no traceback
-            text = " ".join(str(err).split()) or type(err).__name__
-            print(f"aet {args.command}: error: {text}", file=sys.stderr)
+            print(f"aet {args.command}: error: {_one_line(str(err)) or type(err).__name__}", file=sys.stderr)
             return 2
-    seen = set()
-    quiet = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning)
-    for w in caught:  # after a successful run: each distinct warning on one line
-        if issubclass(w.category, quiet):
-            continue
-        text = " ".join(str(w.message).split())
-        if text not in seen:
-            seen.add(text)
-            print(f"aet {args.command}: warning: {text}", file=sys.stderr)
-    return 0
+        except Interrupted as err:
+            print(f"aet {args.command}: interrupted: {_one_line(str(err))}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:  # outside training (loading data, building the model, evaluating)
+            print(f"aet {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+            return 130
+    return _report_warnings(args.command, caught)
 
 
 if __name__ == "__main__":  # pragma: no cover
