@@ -313,12 +313,12 @@ def test_fit_refuses_data_outside_the_decoder_support_before_compiling(digits):
     x = (train.x - train.x.mean()) / train.x.std()  # standardised: values in about [-0.8, 2.3]
     model = aet.VAE(*small_vae_parts(hidden=8))
     traces = []
-    with pytest.raises(ValueError, match=r"^data: BernoulliDecoder needs data in \[0, 1\].*--decoder gaussian"):
+    with pytest.raises(ValueError, match=r"^data: BernoulliDecoder .*\[0, 1\].*--decoder gaussian"):
         aet.train.fit(model, _counting_loss(model, traces), x, key=jax.random.key(0), epochs=1, batch_size=64,
                       progress=False)
     assert traces == []  # refused before the loss was traced
     # good training data, bad validation data: named as such
-    with pytest.raises(ValueError, match=r"^val_data: BernoulliDecoder needs data in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"^val_data: BernoulliDecoder .*\[0, 1\]"):
         aet.train.fit(model, _counting_loss(model, traces), train.x, key=jax.random.key(0), epochs=1,
                       batch_size=64, val_data=val.x * 16.0, progress=False)
     assert traces == []
