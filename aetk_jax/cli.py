@@ -286,9 +286,12 @@ def _fit_run(tr, recipe, cfg, args, out, train_ds, val_ds, fit_key):
             _write_json(os.path.join(out, "results.json"), {**results, "error": " ".join(str(err).split())})
             raise
         _write_json(os.path.join(out, "results.json"), {**results, "interrupted": True})
-        where = f"checkpoint {os.path.basename(err.checkpoint)}" if err.checkpoint else "no checkpoint yet"
+        if err.checkpoint is None:  # no epoch finished: nothing to resume from
+            raise Interrupted(f"stopped before the first epoch ended (no checkpoint); start the run again "
+                              "without --resume") from None
         raise Interrupted(
-            f"stopped after epoch {done} of {epochs} ({where}); continue with: aet train --resume {out}"
+            f"stopped after epoch {done} of {epochs} (checkpoint {os.path.basename(err.checkpoint)}); "
+            f"continue with: aet train --resume {out}"
         ) from None
 
 
