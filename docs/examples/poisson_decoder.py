@@ -1,4 +1,8 @@
-"""A user-defined likelihood: a Poisson decoder, registered once, used by the VAE and the HVAE."""
+"""A user-defined likelihood: a Poisson decoder, registered once, used by the VAE and the HVAE.
+
+The definitions are the README's ("A new likelihood in two definitions"): the decoder
+returns the log-rate η = log λ, and the data are the digits' raw 0..16 pixel counts.
+"""
 import functools
 from typing import NamedTuple
 
@@ -13,7 +17,7 @@ from _common import epochs, gaussian_encoder, mlp
 
 
 class PoissonParams(NamedTuple):
-    rate: jax.Array
+    log_rate: jax.Array          # η = log λ: every real η is a valid rate, so no log of a vanishing λ
 
 
 class PoissonDecoder(nn.Module):
@@ -22,18 +26,25 @@ class PoissonDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, z):
-        return PoissonParams(nn.softplus(nn.Dense(self.output_dim)(self.body(z))))
+        return PoissonParams(nn.Dense(self.output_dim)(self.body(z)))
 
 
 @aet.decoder_loglikelihood.register(PoissonDecoder)
-def _(decoder, x, out):
-    return jnp.sum(x * jnp.log(out.rate) - out.rate - jax.scipy.special.gammaln(x + 1), axis=-1)
+def _(decoder, x, out):          # log Poisson(x; λ = e^η) = x·η − e^η − log x!
+    return jnp.sum(x * out.log_rate - jnp.exp(out.log_rate) - jax.scipy.special.gammaln(x + 1), axis=-1)
 
 
-# count data: the digits' 0..16 pixel intensities, coarsened to counts 0..4
+@aet.decoder_support.register(PoissonDecoder)
+def _(decoder, x):
+    if np.all(x >= 0) and np.all(x == np.round(x)):   # also False on NaN
+        return None
+    return f"needs non-negative integer counts, but the values lie in [{np.min(x):.4g}, {np.max(x):.4g}]"
+
+
+# count data: the digits' raw 0..16 pixel intensities, as a user has them
 from sklearn.datasets import load_digits  # noqa: E402
 
-counts = (load_digits().data // 4).astype(np.float32)
+counts = load_digits().data.astype(np.float32)
 train, val = counts[:1400], counts[1400:]
 for name, model, lossf in (
     ("vae", aet.VAE(gaussian_encoder(), PoissonDecoder(mlp(), 64)), aet.vae.loss),
@@ -43,3 +54,9 @@ for name, model, lossf in (
     variables, history = aet.train.fit(model, loss, train, key=jax.random.key(0), epochs=epochs(20),
                                        batch_size=64, val_data=val, progress=False)
     print(f"{name} with a Poisson decoder: val loss {history['val']['loss'][0]:.1f} -> {history['val']['loss'][-1]:.1f}")
+
+# data outside the support are refused in one line, before any training
+try:
+    aet.train.fit(model, loss, train / 16.0, key=jax.random.key(0), epochs=1, progress=False)
+except ValueError as err:
+    print(err)
