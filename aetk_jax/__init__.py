@@ -45,6 +45,10 @@ _EXPORTS: dict[str, str] = {
     "encoder_sample": "encoders",
     "spherical_logprior": "encoders",
     "HVAE": "hvae",
+    "CIWAE": "ciwae",
+    "IWAE": "iwae",
+    "MIWAE": "miwae",
+    "PIWAE": "piwae",
     "InfoMaxVAE": "infomaxvae",
     "MLP": "layers",
     "Flatten": "layers",
@@ -57,9 +61,9 @@ _EXPORTS: dict[str, str] = {
 
 # the submodules reachable as attributes (``aet.train``); any other submodule also resolves on use
 _SUBMODULES = (
-    "ae", "base", "builders", "checkpoint", "data", "decoders", "dispatch", "distributions", "encoders",
-    "evaluate", "geometry", "hvae", "infomaxvae", "layers", "mmdvae", "parallel", "rhvae", "sampling",
-    "train", "utils", "vae", "validation",
+    "ae", "base", "builders", "checkpoint", "ciwae", "data", "decoders", "dispatch", "distributions",
+    "encoders", "evaluate", "geometry", "hvae", "importance", "infomaxvae", "iwae", "layers", "miwae",
+    "mmdvae", "parallel", "piwae", "rhvae", "sampling", "train", "utils", "vae", "validation",
 )
 
 __all__ = sorted({*_EXPORTS, *_SUBMODULES})

@@ -179,6 +179,11 @@ def test_piwae_steps_the_encoder_on_miwae_and_the_decoder_on_iwae():
         np.testing.assert_allclose(updates["encoder"]["mu"]["bias"], adam_u["mu"]["bias"], rtol=1e-12)
 
 
+def test_public_names():
+    assert (aet.IWAE, aet.MIWAE, aet.CIWAE, aet.PIWAE) == (iwae.IWAE, miwae.MIWAE, ciwae.CIWAE, piwae.PIWAE)
+    assert aet.iwae is iwae and aet.importance is importance
+
+
 @pytest.mark.parametrize(
     "fn, kw, name",
     [
