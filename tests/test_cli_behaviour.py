@@ -331,3 +331,27 @@ print(json.dumps({"before": before, "missing": missing, "vae": VAE is aet.VAE, "
 
     with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
         aet.NoSuchThing  # noqa: B018
+
+
+@pytest.mark.parametrize("abandoned_first", [True, False])
+def test_interrupt_without_a_checkpoint_says_start_again(tmp_path, capsys, monkeypatch, abandoned_first):
+    """Ctrl-C before any epoch finished (two Ctrl-C in epoch 0), or outside ``fit`` (a plain
+    KeyboardInterrupt): exit 130, one line, and no --resume hint that would be refused."""
+    from aetk_jax import train as tr
+
+    def interrupted_fit(*args, **kwargs):
+        if abandoned_first:
+            raise tr.TrainingInterrupted("abandoned", variables=None, history={"epoch": [], "train": {}, "val": {}},
+                                         epoch=-1, checkpoint=None, abandoned=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "fit", interrupted_fit)
+    out = tmp_path / "run"
+    status, stdout, err = run_main(capsys, ["train", "--epochs", "3", "--out", str(out), *TINY])
+    assert status == 130 and stdout == "" and len(err) == 1, err
+    if abandoned_first:
+        assert err[0] == ("aet train: interrupted: stopped before the first epoch ended (no checkpoint); "
+                          "start the run again without --resume")
+        assert _json(out / "results.json")["finished"] is False and _json(out / "history.json")["epoch"] == []
+    else:
+        assert err[0] == "aet train: interrupted (Ctrl-C)"
