@@ -4,6 +4,12 @@ A decoder maps codes ``z`` ``(batch, d)`` to the parameters of p(x|z) over data
 of shape ``(batch, *output_shape)``. ``decoder_loglikelihood`` dispatches on the
 decoder's type; adding a likelihood means writing one module and registering
 one function (see the Poisson example in the README), and every model accepts it.
+``decoder_support`` (registered the same way) says whether data lie in the
+likelihood's support; ``check_support`` raises a one-line ``ValueError`` if not.
+
+Bernoulli: log p(x|l) = Σ x log σ(l) + (1 − x) log σ(−l) = Σ x·l − softplus(l).
+Gaussian: ``aet.distributions.gaussian_logdensity`` (finite in float32); the
+softplus heads give σ = softplus(·) + tiny, never 0.
 """
 from __future__ import annotations
 

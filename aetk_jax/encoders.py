@@ -4,6 +4,11 @@ An encoder maps ``x`` of shape ``(batch, *data_shape)`` to the parameters of
 q(z|x) over latent codes of shape ``(batch, latent_dim)``. The functions below
 dispatch on the encoder's type (``functools.singledispatch``); a user encoder
 registers its own with ``@aet.encoder_kl.register(MyEncoder)`` and so on.
+
+Departure from AutoEncoderToolkit.jl (whose heads use Flux's random default):
+the σ / log σ head of each Gaussian encoder starts with a zero kernel and the
+bias that gives σ = 1, so q(z|x) starts at unit scale for inputs of any size.
+Log-densities use ``aet.distributions.gaussian_logdensity`` (finite in float32).
 """
 from __future__ import annotations
 
