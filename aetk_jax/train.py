@@ -549,11 +549,13 @@ def fit(
 
     Ctrl-C (SIGINT, handled in the main thread only; the previous handler is
     restored when ``fit`` returns): the first Ctrl-C lets the current epoch
-    finish and write its checkpoint, then raises :class:`TrainingInterrupted`
+    (during the setup and the first compilation: the first epoch) finish and
+    write its checkpoint, then raises :class:`TrainingInterrupted`
     (a ``KeyboardInterrupt``) carrying the variables, history, epoch and
     checkpoint of the last completed epoch; ``resume=True`` continues from it.
     A second Ctrl-C abandons the epoch at once (the last checkpoint stays
-    intact). A Ctrl-C during the last epoch lets the run finish normally.
+    intact; before any epoch finished it is a plain ``KeyboardInterrupt``). A
+    Ctrl-C during the last epoch lets the run finish normally.
     """
     check_key(key)
     check_int(epochs, "epochs", minimum=0)
@@ -589,97 +591,98 @@ def fit(
             optimizer = optax.chain(optimizer, scale_by_lr_factor())
     skip = on_nonfinite == "skip"
 
-    init_key, train_key, val_key = jax.random.split(key, 3)
-    if variables is None:
-        variables = model.init(init_key, x[:1])
-    trainer = make_trainer(model, loss_fn, optimizer)
-    state = trainer.init(variables)
+    sigint = _DeferredSigint().install()  # from here on the first Ctrl-C stops at the end of an epoch
+    bar = None
+    done = None  # (state, epoch, history_json) of the last completed epoch, once there is a state
+    try:
+        init_key, train_key, val_key = jax.random.split(key, 3)
+        if variables is None:
+            variables = model.init(init_key, x[:1])
+        trainer = make_trainer(model, loss_fn, optimizer)
+        state = trainer.init(variables)
 
-    batch_sharding = None
-    if mesh is None and jax.device_count() > 1:
-        from . import parallel
+        batch_sharding = None
+        if mesh is None and jax.device_count() > 1:
+            from . import parallel
 
-        mesh = parallel.data_mesh()  # data parallel over every device (of every process)
-    if mesh is not None:
-        from . import parallel
+            mesh = parallel.data_mesh()  # data parallel over every device (of every process)
+        if mesh is not None:
+            from . import parallel
 
-        parallel.check_batch_size(batch_size, mesh)
-        batch_sharding = parallel.batch_sharding(mesh)
-        replicated = parallel.replicated(mesh)
-        state = jax.device_put(state, replicated)
-        # the data set, replicated on every device; with several processes
-        # `data` is this process's shard and the shards are concatenated
-        x = parallel.gather_data(x, mesh)
-        if x_val is not None and jax.process_count() > 1:
-            x_val = parallel.gather_data(x_val, mesh)
+            parallel.check_batch_size(batch_size, mesh)
+            batch_sharding = parallel.batch_sharding(mesh)
+            replicated = parallel.replicated(mesh)
+            state = jax.device_put(state, replicated)
+            # the data set, replicated on every device; with several processes
+            # `data` is this process's shard and the shards are concatenated
+            x = parallel.gather_data(x, mesh)
+            if x_val is not None and jax.process_count() > 1:
+                x_val = parallel.gather_data(x_val, mesh)
 
-    run_epoch = jax.jit(
-        make_epoch(
-            trainer.step, batch_size, batch_sharding, skip_nonfinite=skip, skip_factor=nonfinite_factor,
-            divergence_factor=divergence_factor,
+        run_epoch = jax.jit(
+            make_epoch(
+                trainer.step, batch_size, batch_sharding, skip_nonfinite=skip, skip_factor=nonfinite_factor,
+                divergence_factor=divergence_factor,
+            )
         )
-    )
-    # trace the end-of-epoch update now, so that its argument errors (e.g. an RHVAE
-    # with more centroids than data) surface before the first epoch is trained
-    jax.eval_shape(trainer.end_epoch, state, x)
-    end_epoch = jax.jit(trainer.end_epoch)
-    evaluate = make_evaluator(loss_fn, batch_size) if x_val is not None else None
+        # trace the end-of-epoch update now, so that its argument errors (e.g. an RHVAE
+        # with more centroids than data) surface before the first epoch is trained
+        jax.eval_shape(trainer.end_epoch, state, x)
+        end_epoch = jax.jit(trainer.end_epoch)
+        evaluate = make_evaluator(loss_fn, batch_size) if x_val is not None else None
 
-    history: dict[str, Any] = {"epoch": [], "train": {}, "val": {}}
-    start = 0
-    last_ckpt: Optional[str] = None
-    sig = json.dumps({**ckpt.model_config(model), **ckpt.signature(state)}, sort_keys=True)
-    key_data = np.asarray(jax.random.key_data(key))
-    if checkpoint_dir is not None and resume:
-        template = {"state": state, "epoch": 0, "history": "", "signature": sig, "key": key_data}
-        found = ckpt.latest_valid(checkpoint_dir, template)
-        if found is not None:
-            last_ckpt, restored = found
-            state = restored["state"]
-            stored_key = np.asarray(restored["key"], key_data.dtype)
-            if not np.array_equal(stored_key, key_data):
+        history: dict[str, Any] = {"epoch": [], "train": {}, "val": {}}
+        start = 0
+        last_ckpt: Optional[str] = None
+        sig = json.dumps({**ckpt.model_config(model), **ckpt.signature(state)}, sort_keys=True)
+        key_data = np.asarray(jax.random.key_data(key))
+        if checkpoint_dir is not None and resume:
+            template = {"state": state, "epoch": 0, "history": "", "signature": sig, "key": key_data}
+            found = ckpt.latest_valid(checkpoint_dir, template)
+            if found is not None:
+                last_ckpt, restored = found
+                state = restored["state"]
+                stored_key = np.asarray(restored["key"], key_data.dtype)
+                if not np.array_equal(stored_key, key_data):
+                    import warnings
+
+                    warnings.warn(
+                        f"`key` differs from the key {last_ckpt} was written with; resuming with the "
+                        "checkpoint's key so that the run continues as it began",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    key_data = stored_key
+                    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+                        key = jax.random.wrap_key_data(stored_key, impl=jax.random.key_impl(key))
+                    else:
+                        key = jnp.asarray(stored_key)
+                    init_key, train_key, val_key = jax.random.split(key, 3)
+                if mesh is not None:
+                    state = jax.device_put(state, replicated)
+                start = int(restored["epoch"]) + 1
+                history = json.loads(restored["history"])
+        elif checkpoint_dir is not None and jax.process_index() == 0:
+            old = ckpt.list_checkpoints(checkpoint_dir)
+            if old:  # a fresh run must not mix its checkpoints with a previous run's
                 import warnings
 
+                for path in old:
+                    os.unlink(path)
                 warnings.warn(
-                    f"`key` differs from the key {last_ckpt} was written with; resuming with the "
-                    "checkpoint's key so that the run continues as it began",
+                    f"starting a new run in {checkpoint_dir}: removed {len(old)} checkpoint(s) of a previous run "
+                    "(pass resume=True to continue it instead)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                key_data = stored_key
-                if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-                    key = jax.random.wrap_key_data(stored_key, impl=jax.random.key_impl(key))
-                else:
-                    key = jnp.asarray(stored_key)
-                init_key, train_key, val_key = jax.random.split(key, 3)
-            if mesh is not None:
-                state = jax.device_put(state, replicated)
-            start = int(restored["epoch"]) + 1
-            history = json.loads(restored["history"])
-    elif checkpoint_dir is not None and jax.process_index() == 0:
-        old = ckpt.list_checkpoints(checkpoint_dir)
-        if old:  # a fresh run must not mix its checkpoints with a previous run's
-            import warnings
 
-            for path in old:
-                os.unlink(path)
-            warnings.warn(
-                f"starting a new run in {checkpoint_dir}: removed {len(old)} checkpoint(s) of a previous run "
-                "(pass resume=True to continue it instead)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if progress and epochs > start and jax.process_index() == 0:
+            from tqdm.auto import tqdm
 
-    bar = None
-    if progress and epochs > start and jax.process_index() == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, initial=start, desc=type(model).__name__, unit="epoch")
-    # NaN until the first good step: the same pytree in every epoch, so the epoch compiles once
-    ref = jnp.full((), jnp.nan, jnp.float32)
-    done = (state, start - 1, json.dumps(history))  # the last completed epoch, for an interrupt
-    sigint = _DeferredSigint().install()
-    try:
+            bar = tqdm(total=epochs, initial=start, desc=type(model).__name__, unit="epoch")
+        # NaN until the first good step: the same pytree in every epoch, so the epoch compiles once
+        ref = jnp.full((), jnp.nan, jnp.float32)
+        done = (state, start - 1, json.dumps(history))  # the last completed epoch, for an interrupt
         for epoch in range(start, epochs):
             res = run_epoch(state, x, jax.random.fold_in(train_key, epoch), ref)
             ref = res.ref
@@ -749,7 +752,7 @@ def fit(
             if sigint.requested and epoch < epochs - 1:  # Ctrl-C: stop after this epoch's checkpoint
                 raise _interrupted(done, last_ckpt, epochs, abandoned=False)
     except KeyboardInterrupt as err:
-        if isinstance(err, TrainingInterrupted):
+        if isinstance(err, TrainingInterrupted) or done is None:  # done is None: still setting up
             raise
         raise _interrupted(done, last_ckpt, epochs, abandoned=True) from None  # a second Ctrl-C
     finally:
