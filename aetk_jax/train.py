@@ -554,7 +554,7 @@ def fit(
     (a ``KeyboardInterrupt``) carrying the variables, history, epoch and
     checkpoint of the last completed epoch; ``resume=True`` continues from it.
     A second Ctrl-C abandons the epoch at once (the last checkpoint stays
-    intact; before any epoch finished it is a plain ``KeyboardInterrupt``). A
+    intact; during the setup, before the first epoch, a plain ``KeyboardInterrupt``). A
     Ctrl-C during the last epoch lets the run finish normally.
     """
     check_key(key)
