@@ -8,8 +8,8 @@
 ``checkpoints/`` folder and PNG plots under ``--out``. ``aet train --resume
 DIR`` continues the run in DIR (its ``config.json``; ``--epochs`` may raise the
 total) from its newest intact checkpoint; ``aet train --resume --out DIR`` is
-the same. Resuming a folder with no ``config.json`` or no checkpoint is
-refused.
+the same. Resuming a folder with no ``config.json`` or no intact
+checkpoint is refused (it never starts a new run silently).
 
 Exit status and messages (stderr, one line each, never a traceback):
 
@@ -295,6 +295,22 @@ def _fit_run(tr, recipe, cfg, args, out, train_ds, val_ds, fit_key):
         ) from None
 
 
+def _check_resumable(ckpt, out: str) -> None:
+    """``UserError`` unless ``out/checkpoints`` holds a checkpoint that reads back intact."""
+    paths = ckpt.list_checkpoints(os.path.join(out, "checkpoints"))
+    if not paths:
+        raise UserError(f"--resume {out}: no checkpoint to resume from (no epoch finished); start it again "
+                        "without --resume")
+    for path in reversed(paths):
+        try:
+            ckpt.read_raw(path)
+            return
+        except (OSError, ValueError):
+            continue
+    raise UserError(f"--resume {out}: none of its {len(paths)} checkpoint(s) reads back intact (truncated or "
+                    "corrupt); start it again without --resume")
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
@@ -304,9 +320,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     out, cfg = resolve_config(args)
     epochs = cfg["epochs"]
-    if args.resume and not ckpt.list_checkpoints(os.path.join(out, "checkpoints")):
-        raise UserError(f"--resume {out}: no checkpoint to resume from (no epoch finished); start it again "
-                        "without --resume")
+    if args.resume:
+        _check_resumable(ckpt, out)
     train_ds, val_ds = _load_data(cfg)
     recipe = _recipe(cfg, train_ds.x.shape[1:])
     _check_support(recipe, cfg, train_ds, val_ds)

@@ -170,6 +170,12 @@ def test_resume_without_a_run_is_refused(tmp_path, capsys, monkeypatch):
     status, _, err = run_main(capsys, ["train", "--resume", str(empty), "--no-progress"])
     assert status == 2 and len(err) == 1 and "no checkpoint to resume from" in err[0]
     assert sorted(os.listdir(empty)) == ["config.json"]
+    # only a corrupt checkpoint: refused too, rather than silently starting afresh
+    (empty / "checkpoints").mkdir()
+    (empty / "checkpoints" / "ckpt_000000.msgpack").write_bytes(ckpt.MAGIC + b"\0" * 40)
+    status, _, err = run_main(capsys, ["train", "--resume", str(empty), "--no-progress"])
+    assert status == 2 and len(err) == 1 and "none of its 1 checkpoint(s) reads back intact" in err[0]
+    assert os.listdir(empty / "checkpoints") == ["ckpt_000000.msgpack"]
 
 
 # ------------------------------------------------------------------ evaluate on unfinished runs
