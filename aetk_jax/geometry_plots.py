@@ -58,6 +58,26 @@ def metric_volume_grid(metric_fn: MetricFn, extent: Extent, n: int = 100, *, bat
     return X, Y, V
 
 
+def _check_overlays(
+    z_codes: Any, labels: Any, geodesics: Sequence[Any]
+) -> tuple[Optional[np.ndarray], Optional[np.ndarray], list[np.ndarray]]:
+    """``plot_latent_metric``'s codes ``(batch, 2)``, labels ``(batch,)`` and curves ``(n_t, 2)`` as arrays, checked."""
+    codes = None if z_codes is None else np.asarray(z_codes)
+    if codes is not None and (codes.ndim != 2 or codes.shape[1] != 2):
+        raise ValueError(f"`z_codes` must have shape (batch, 2), got {codes.shape}")
+    labs = None if labels is None else np.asarray(labels)
+    if labs is not None:
+        if codes is None:
+            raise ValueError("`labels` needs `z_codes`")
+        if labs.shape != (codes.shape[0],):
+            raise ValueError(f"`labels` must have shape ({codes.shape[0]},), got {labs.shape}")
+    curves = [np.asarray(c) for c in geodesics]
+    for i, c in enumerate(curves):
+        if c.ndim != 2 or c.shape[1] != 2:
+            raise ValueError(f"`geodesics[{i}]` must have shape (n_t, 2), got {c.shape}")
+    return codes, labs, curves
+
+
 def plot_latent_metric(
     ax: Any,
     metric: Union[MetricFn, VolumeGrid],
@@ -90,20 +110,7 @@ def plot_latent_metric(
     ``extent = (xmin, xmax, ymin, ymax)`` defaults to the codes' range padded
     by 10 %. Returns the heat map's ``QuadMesh``.
     """
-    codes = None if z_codes is None else np.asarray(z_codes)
-    if codes is not None and (codes.ndim != 2 or codes.shape[1] != 2):
-        raise ValueError(f"`z_codes` must have shape (batch, 2), got {codes.shape}")
-    labs = None if labels is None else np.asarray(labels)
-    if labs is not None:
-        if codes is None:
-            raise ValueError("`labels` needs `z_codes`")
-        if labs.shape != (codes.shape[0],):
-            raise ValueError(f"`labels` must have shape ({codes.shape[0]},), got {labs.shape}")
-    curves = [np.asarray(c) for c in geodesics]
-    for i, c in enumerate(curves):
-        if c.ndim != 2 or c.shape[1] != 2:
-            raise ValueError(f"`geodesics[{i}]` must have shape (n_t, 2), got {c.shape}")
-
+    codes, labs, curves = _check_overlays(z_codes, labels, geodesics)
     if callable(metric):
         if extent is None:
             if codes is None:

@@ -167,7 +167,8 @@ def test_importing_and_plotting_leaves_the_backend_alone(tmp_path):
         "import sys, matplotlib\n"
         "before = matplotlib.get_backend()\n"
         "import aetk_jax.plots, aetk_jax.geometry_plots, aetk_jax.run_plots\n"
-        f"aetk_jax.plots.loss_curves({{'epoch': [0, 1], 'train': {{'loss': [2.0, 1.0]}}, 'val': {{}}}}, {str(tmp_path / 'l.png')!r})\n"
+        "history = {'epoch': [0, 1], 'train': {'loss': [2.0, 1.0]}, 'val': {}}\n"
+        f"aetk_jax.plots.loss_curves(history, {str(tmp_path / 'l.png')!r})\n"
         "print(before, matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="svg")  # a user's (non-Agg) choice
