@@ -273,9 +273,10 @@ def _image_reshaper(image_shape: ImageShape, size: int) -> Optional[Callable[[np
     """How to draw one example of ``size`` values: a map to an image ``(h, w)``/``(h, w, c)``, or ``None`` (lines).
 
     ``"auto"``: a square ``size`` is a square image. ``None``: not an image. A
-    shape must hold ``size`` values (``ValueError`` otherwise); channels-first
-    ``(c, h, w)`` with ``c`` in 1, 3, 4 is drawn channels-last; other layouts
-    (e.g. 3-D volumes) are drawn as lines.
+    shape must hold ``size`` values (``ValueError`` otherwise). Of a 3-D shape,
+    the end axis of size 1, 3 or 4 is the channel axis (the smaller end axis if
+    both qualify, the last on a tie): ``(h, w, c)`` or ``(c, h, w)``, drawn
+    channels-last. Other layouts (e.g. 3-D volumes) are drawn as lines.
     """
     if isinstance(image_shape, str):
         if image_shape != "auto":
@@ -289,7 +290,7 @@ def _image_reshaper(image_shape: ImageShape, size: int) -> Optional[Callable[[np
         raise ValueError(f"`image_shape` {shape} holds {math.prod(shape)} values, the examples have {size}")
     if len(shape) == 2:
         return lambda x: x.reshape(shape)
-    if len(shape) == 3 and shape[-1] in (1, 3, 4):
+    if len(shape) == 3 and shape[-1] in (1, 3, 4) and (shape[-1] <= shape[0] or shape[0] not in (1, 3, 4)):
         return lambda x: x.reshape(shape).squeeze(-1) if shape[-1] == 1 else x.reshape(shape)
     if len(shape) == 3 and shape[0] in (1, 3, 4):
         return lambda x: x.reshape(shape)[0] if shape[0] == 1 else np.moveaxis(x.reshape(shape), 0, -1)

@@ -93,6 +93,12 @@ def test_image_data_are_drawn_on_the_datas_own_range():
     assert fig.axes[0].get_images()[0].get_clim() == (-5.0, 7.0)
     with pytest.raises(ValueError, match="image_shape"):
         plots._image_grid_figure([x], ["data"], image_shape=(4, 4))
+    # colour images, channels last or first, are scaled from the data's range to [0, 1]
+    rgb = np.random.default_rng(5).normal(size=(2, 4, 4, 3))
+    for shape, xs in (((4, 4, 3), rgb), ((3, 4, 4), np.moveaxis(rgb, -1, 1))):
+        fig = plots._image_grid_figure([xs.reshape(2, -1)], ["data"], image_shape=shape)
+        img = np.asarray(fig.axes[0].get_images()[0].get_array())
+        np.testing.assert_allclose(img, (rgb[0] - rgb.min()) / np.ptp(rgb), atol=1e-12)
 
 
 def test_non_image_data_are_drawn_as_lines():
