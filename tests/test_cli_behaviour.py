@@ -276,6 +276,7 @@ train.TrainingInterrupted evaluate.marginal_loglikelihood evaluate.elbo sample
 geometry.pullback_metric geometry.NeuralGeodesic geometry.curve_velocity geometry.curve_length
 geometry.curve_energy geometry.geodesic_loss geometry.fit_geodesic
 builders.build data.load_digits check_support decoder_support
+IWAE MIWAE PIWAE CIWAE iwae.elbo iwae.loss miwae.loss piwae.loss ciwae.loss
 """.split()
 
 LAZY_SCRIPT = """
