@@ -100,11 +100,16 @@ def _loss_figure(history: dict[str, Any]) -> Figure:
 
     Returns:
         A ``Figure`` with one panel per non-constant metric on a grid of at most
-        ``MAX_COLUMNS`` columns, constant metrics named in the title.
+        ``MAX_COLUMNS`` columns, constant metrics named in the title (a note
+        "no epochs recorded" when ``history`` holds none).
     """
     keys, constant = _loss_panels(history)
-    if not keys:
-        raise ValueError("`history` has no training metrics to plot")
+    if not keys or not history.get("epoch"):  # e.g. a run interrupted in its first epoch
+        fig = new_figure((4.0, 2.9))
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
     train, val, epochs = history["train"], history.get("val", {}), history["epoch"]
     ncols = min(MAX_COLUMNS, len(keys))
     nrows = math.ceil(len(keys) / ncols)

@@ -71,6 +71,9 @@ def test_loss_figure_of_one_epoch_drops_nothing():
     fig = plots._loss_figure(_history(n_epochs=1))
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 10  # one value is not "constant"
     assert "constant" not in fig._suptitle.get_text()
+    # no epoch at all (a run interrupted in its first): a note, not an error
+    fig = plots._loss_figure({"epoch": [], "train": {}, "val": {}})
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no epochs recorded"]
 
 
 # ------------------------------------------------------------------------------ examples
