@@ -16,7 +16,18 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     import flax.linen as nn
 
-MODELS = ("ae", "vae", "betavae", "mmdvae", "infomaxvae", "hvae", "rhvae")
+MODELS = ("ae", "vae", "betavae", "mmdvae", "infomaxvae", "hvae", "rhvae", "iwae", "miwae", "piwae", "ciwae")
+# models built from (encoder, decoder) alone: CLI name -> (module, class)
+PLAIN_MODELS = {
+    "vae": ("vae", "VAE"),
+    "betavae": ("vae", "VAE"),
+    "mmdvae": ("mmdvae", "MMDVAE"),
+    "hvae": ("hvae", "HVAE"),
+    "iwae": ("iwae", "IWAE"),
+    "miwae": ("miwae", "MIWAE"),
+    "piwae": ("piwae", "PIWAE"),
+    "ciwae": ("ciwae", "CIWAE"),
+}
 DECODERS = ("bernoulli", "gaussian")
 
 
@@ -67,6 +78,10 @@ def default_hyper(name: str) -> dict[str, Any]:
         "infomaxvae": {"alpha": 1.0, "beta": 1.0},
         "hvae": {"K": 3, "eps": 1e-2, "beta0": 0.3},
         "rhvae": {"K": 3, "eps": 3e-3, "beta0": 0.3, "n_fixed_point": 5, "flow_gradient": "detached"},
+        "iwae": {"n_samples": 5},
+        "miwae": {"n_samples": 5, "n_groups": 3},
+        "piwae": {"n_samples": 5, "n_groups": 3},
+        "ciwae": {"n_samples": 5, "beta": 0.5},
     }[name]
 
 
@@ -89,7 +104,9 @@ def build(
     :func:`default_hyper` (loss hyper-parameters); ``n_centroids``, ``T`` and
     ``metric_lam`` (λ of G⁻¹) configure the RHVAE's metric.
     """
-    from . import ae, decoders, encoders, hvae, infomaxvae, mmdvae, rhvae, vae
+    import importlib
+
+    from . import ae, decoders, encoders, infomaxvae, rhvae
 
     if name not in MODELS:
         raise ValueError(f"`model` must be one of {MODELS}, got {name!r}")
@@ -102,19 +119,15 @@ def build(
         model = ae.AE(encoders.Encoder(_body(hidden), latent_dim), decoders.Decoder(_body(hidden[::-1]), n_in))
         return Recipe(name, model, functools.partial(ae.loss, model), hp)
     enc = encoders.JointGaussianLogEncoder(_body(hidden), latent_dim)
-    if name in ("vae", "betavae"):
-        model = vae.VAE(enc, dec)
-        return Recipe(name, model, functools.partial(vae.loss, model, **hp), hp)
-    if name == "mmdvae":
-        model = mmdvae.MMDVAE(enc, dec)
-        return Recipe(name, model, functools.partial(mmdvae.loss, model, **hp), hp)
+    if name in PLAIN_MODELS:
+        module_name, class_name = PLAIN_MODELS[name]
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        model = getattr(module, class_name)(enc, dec)
+        return Recipe(name, model, functools.partial(module.loss, model, **hp), hp)
     if name == "infomaxvae":
         critic = infomaxvae.MutualInfoNetwork(_body((hidden[0], hidden[0])))
         model = infomaxvae.InfoMaxVAE(enc, dec, critic)
         return Recipe(name, model, functools.partial(infomaxvae.loss, model, **hp), hp)
-    if name == "hvae":
-        model = hvae.HVAE(enc, dec)
-        return Recipe(name, model, functools.partial(hvae.loss, model, **hp), hp)
     metric = rhvae.MetricNetwork(_body(hidden), latent_dim)
     model = rhvae.RHVAE(enc, dec, metric, n_centroids, T, metric_lam)
     return Recipe(name, model, functools.partial(rhvae.loss, model, **hp), hp)

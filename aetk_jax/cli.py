@@ -42,7 +42,10 @@ import time
 import warnings
 from typing import Any, Optional, Sequence
 
-DEFAULT_EPOCHS = {"ae": 30, "vae": 30, "betavae": 30, "mmdvae": 30, "infomaxvae": 30, "hvae": 20, "rhvae": 10}
+DEFAULT_EPOCHS = {
+    "ae": 30, "vae": 30, "betavae": 30, "mmdvae": 30, "infomaxvae": 30, "hvae": 20, "rhvae": 10,
+    "iwae": 30, "miwae": 20, "piwae": 20, "ciwae": 30,
+}
 # defaults of the options that define a run (recorded in config.json; fixed when resuming)
 RUN_DEFAULTS: dict[str, Any] = {
     "model": "vae",

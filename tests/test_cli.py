@@ -256,3 +256,19 @@ def test_integer_images_are_converted_explicitly(tmp_path):
     counts = np.array([[0, 3, 7], [1, 2, 300]], np.int64)  # other integers: cast, not rescaled
     np.save(tmp_path / "counts.npy", counts)
     np.testing.assert_array_equal(data.load(str(tmp_path / "counts.npy")).x, counts.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["iwae", "miwae", "piwae", "ciwae"])
+def test_importance_weighted_models_train_from_the_cli(tmp_path, capsys, name):
+    out = str(tmp_path / name)
+    status, stdout, err = run_main(capsys, ["train", "--model", name, "--epochs", "2", "--out", out, *TINY,
+                                            "--no-plots"])
+    assert status == 0, err
+    res = _json(os.path.join(out, "results.json"))
+    cfg = _json(os.path.join(out, "config.json"))
+    assert cfg["hyper"]["n_samples"] == 5
+    # the importance-sampled log-likelihood sits above the ELBO, and both are log-probabilities
+    assert res["val_loglikelihood"] >= res["val_elbo"] - 0.1
+    assert -80.0 < res["val_elbo"] < 0.0, res
+    hist = _json(os.path.join(out, "history.json"))
+    assert hist["train"]["loss"][-1] < hist["train"]["loss"][0]
