@@ -399,7 +399,9 @@ def trained(digits):
     dec = aet.BernoulliDecoder(aet.MLP([32], final_activation=nn.relu), 64)
     met = rhvae.MetricNetwork(aet.MLP([32], final_activation=nn.relu), 2)
     model = aet.RHVAE(enc, dec, met, 32, 0.8, 1e-2)
-    loss = functools.partial(rhvae.loss, model, eps=0.003)
+    # ε = 1e-3: at ε = 3e-3 the untrained metric (a sum over the 128 batch centroids) leaves
+    # fixed-point residuals near 1e-2 in the first updates, above the default tolerance
+    loss = functools.partial(rhvae.loss, model, eps=0.001)
     variables, history = aet.train.fit(model, loss, train, key=jax.random.key(0), epochs=5, batch_size=128,
                                        optimizer=optax.adam(3e-3), progress=False)
     return model, variables, history, train
@@ -583,6 +585,76 @@ def test_non_convergent_fixed_points_give_nan_and_are_reported(rng):
         assert np.isfinite(float(value)) and float(m["converged"]) == 1.0 and float(m["fixed_point_residual"]) < 1e-6
 
 
+def _strong_metric_setting(rng, n: int = 64):
+    """The tiny RHVAE with a stored metric 30× the random one: fixed points converge for
+    small ε·n and not for large, and a batch of n start points (z, ρ)."""
+    model = tiny_model()
+    v, _ = f64_variables(model, rng, batch=4)
+    c, M = random_metric(rng, model.n_centroids, model.latent_dim, scale=0.5)
+    v = {**v, "metric": {**v["metric"], "centroids": jnp.asarray(c), "M": 30 * jnp.asarray(M)}}
+    x = jnp.asarray(rng.standard_normal((n, 5)))
+    z, rho = jnp.asarray(0.5 * rng.standard_normal((n, 2))), jnp.asarray(2 * rng.standard_normal((n, 2)))
+    return model, v, x, z, rho
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _step_logdet(model, v, x, z, rho, eps, n):
+    """Per example: log|det ∂(z̄, ρ̄)/∂(z, ρ)| of the step as computed (jacfwd) and its residual."""
+
+    def one(xi, zr):
+        H = functools.partial(rhvae.hamiltonian, model, v, xi[None])
+
+        def step(s):
+            zb, rb, info = rhvae.general_leapfrog(lambda a: jnp.zeros(a.shape[:-1]), H, s[None, :2], s[None, 2:],
+                                                  eps, n, return_info=True)
+            return jnp.concatenate([zb[0], rb[0]]), info.max()[0]
+
+        jac, res = jax.jacfwd(step, has_aux=True)(zr)
+        return jnp.linalg.slogdet(jac)[1], res
+
+    return jax.vmap(one)(x, jnp.concatenate([z, rho], axis=-1))
+
+
+def test_default_fixed_point_tol_bounds_the_volume_error(rng):
+    """An exactly solved step is symplectic (log|det J| = 0, what the ELBO assumes); below the
+    default tolerance the computed step's |log det J| stays under 0.03 nats, while steps the old
+    default (0.5) accepted were off by more than a nat (benchmarks/fixed_point_tolerance.py)."""
+    import inspect
+
+    tol = inspect.signature(rhvae.loss).parameters["fixed_point_tol"].default
+    assert tol == inspect.signature(rhvae.elbo).parameters["fixed_point_tol"].default == rhvae.FIXED_POINT_TOL
+    with jax.enable_x64(True):
+        model, v, x, z, rho = _strong_metric_setting(rng)
+        out = [_step_logdet(model, v, x, z, rho, eps, n) for eps in (0.003, 0.01, 0.03) for n in (1, 2, 3, 5)]
+    logdet = np.abs(np.concatenate([np.asarray(o[0]) for o in out]))
+    res = np.concatenate([np.asarray(o[1]) for o in out])
+    # the exactly solved step (many iterations at a small ε): volume-preserving to rounding
+    with jax.enable_x64(True):
+        ld_exact, res_exact = map(np.asarray, _step_logdet(model, v, x, z, rho, 0.003, 20))
+    solved = res_exact < 1e-9
+    assert solved.sum() > 32 and np.abs(ld_exact[solved]).max() < 1e-8
+    below = res <= tol
+    assert below.sum() > 100 and (~below).sum() > 100
+    assert logdet[below].max() < 0.03, logdet[below].max()
+    assert np.max(logdet[(res <= 0.5) & ~below]) > 1.0
+
+
+def test_a_step_with_residual_above_the_default_tolerance_is_flagged(rng):
+    """Residuals between the default tolerance and the old default 0.5: NaN ELBO, converged 0."""
+    with jax.enable_x64(True):
+        model, v, x, _, _ = _strong_metric_setting(rng, n=16)
+        key = jax.random.key(1)
+        kw = dict(eps=0.01, n_fixed_point=2, metric_source="stored")
+        res = np.asarray(rhvae.phase_space(model, v, x, key, **kw).fixed_point_residual)
+        flagged = res > rhvae.FIXED_POINT_TOL
+        assert np.any(flagged & (res < 0.5)) and np.any(~flagged), res
+        elbo = np.asarray(rhvae.elbo(model, v, x, key, **kw))
+        np.testing.assert_array_equal(np.isnan(elbo), flagged)
+        value, m = rhvae.loss(model, v, x, key, aux=True, **kw)
+        assert np.isnan(float(value)) and float(m["converged"]) == 0.0
+        assert float(m["fixed_point_residual"]) == pytest.approx(float(res.max()))
+
+
 def test_fit_stops_on_a_non_convergent_fixed_point(rng):
     model, v, x = _divergent_setting(rng)
     v = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), v)
@@ -629,6 +701,58 @@ def test_fit_checks_n_centroids_before_training(rng, tmp_path):
     assert calls == [] and list(tmp_path.iterdir()) == []  # no epoch ran
 
 
+# --------------------------------------------------------------------------- float32 hazards
+
+
+def test_metric_network_diagonal_is_finite_at_large_pre_activations():
+    """exp(v) up to the cap (identical values), its tangent line beyond: exp(89) was inf in float32."""
+    v = jnp.asarray([-5.0, 0.0, 3.0, 9.5, 10.0, 10.5, 89.0, 1e4], jnp.float32)
+    out = np.asarray(rhvae.capped_exp(v, 10.0))
+    assert np.all(np.isfinite(out)) and np.all(out > 0)
+    np.testing.assert_allclose(out[:5], np.exp(np.asarray(v[:5], np.float64)), rtol=1e-6)
+    np.testing.assert_allclose(out[5:], np.exp(10.0) * (1.0 + np.asarray(v[5:], np.float64) - 10.0), rtol=1e-6)
+    g = np.asarray(jax.vmap(jax.grad(lambda a: rhvae.capped_exp(a, 10.0)))(v))
+    assert np.all(np.isfinite(g)) and np.all(g > 0)  # never a zero gradient: the optimiser can come back
+    # the network: a dense head whose diagonal pre-activations are 89 gives a finite factor
+    net = rhvae.MetricNetwork(_Identity(), 2)
+    x = jnp.ones((1, 3), jnp.float32)
+    params = {"params": {"ltri": {"kernel": jnp.zeros((3, 3)), "bias": jnp.asarray([89.0, 3.0, 0.5])}}}
+    L = np.asarray(net.apply(params, x))[0]
+    assert np.all(np.isfinite(L)) and L[0, 0] == pytest.approx(np.exp(10.0) * 80.0, rel=1e-6)
+    assert L[1, 1] == pytest.approx(math.exp(3.0), rel=1e-6) and L[1, 0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("l11, lam", [(1.0, 1e-7), (1.0, 1e-8), (10.0, 1e-6), (10.0, 1e-8)])
+def test_logdet_of_a_near_rank_1_inverse_metric_is_finite_in_float32(l11, lam):
+    """G⁻¹ = L Lᵀ + λI with L = [[l11, 0], [30, 1e-6]] (det M = l11²·1e-12) and a tiny λ: the
+    float32 Cholesky gave NaN; the pivoted, λ-floored one is finite and within 0.15 of float64."""
+    L = np.array([[l11, 0.0], [30.0, 1e-6]], np.float32)
+    c = jnp.zeros((1, 2), jnp.float32)
+    metric = rhvae.Metric(c, jnp.asarray(L @ L.T)[None], 0.8, np.float32(lam))
+    z = jnp.zeros((3, 2), jnp.float32) + jnp.asarray([[0.0], [0.1], [0.3]], jnp.float32)
+    ginv = rhvae.inverse_metric(metric, z)
+    old = 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(ginv), axis1=-2, axis2=-1)), -1)
+    assert np.any(np.isnan(np.asarray(old)))  # the hazard
+    new = np.asarray(rhvae.logdet_inverse(ginv, metric.lam))
+    L64 = L.astype(np.float64)
+    w = np.exp(-np.sum(np.asarray(z, np.float64) ** 2, -1) / 0.8**2)
+    ref = [np.linalg.slogdet(wi * (L64 @ L64.T) + float(np.float32(lam)) * np.eye(2))[1] for wi in w]
+    assert np.all(np.isfinite(new))
+    # at the centroid (weight 1) the rounding leaves the last pivot at or below λ and the floor
+    # gives it back; elsewhere float32 cannot hold eigenvalues below ~ε_mach·‖G⁻¹‖ and the error
+    # stays within the documented log(1 + 4·ε_mach·‖G⁻¹‖/λ)
+    assert abs(new[0] - ref[0]) < 0.15, (new[0], ref[0])
+    bound = np.log1p(4 * np.finfo(np.float32).eps * np.linalg.norm(L64 @ L64.T) / lam)
+    assert np.all(np.abs(new - ref) < bound), (new, ref, bound)
+    # ordinary matrices: the same value as LU in float64
+    with jax.enable_x64(True):
+        A = np.random.default_rng(0).standard_normal((5, 4, 4))
+        A = A @ np.swapaxes(A, 1, 2) + 0.1 * np.eye(4)
+        np.testing.assert_allclose(np.asarray(rhvae.logdet_inverse(jnp.asarray(A), 0.1)),
+                                   np.linalg.slogdet(A)[1], rtol=1e-12)
+        check_grads(lambda a: rhvae.logdet_inverse(a, 0.1), (jnp.asarray(A),), order=2, modes=("rev",))
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -636,7 +760,7 @@ def test_bad_input_raises_value_error_naming_the_argument(rng):
     enc = aet.JointGaussianLogEncoder(aet.MLP([4]), 2)
     dec = aet.BernoulliDecoder(aet.MLP([4]), 5)
     met = rhvae.MetricNetwork(aet.MLP([4]), 2)
-    for kw, name in [(dict(T=0.0), "T"), (dict(T=-1.0), "T"), (dict(lam=-0.1), "lam")]:
+    for kw, name in [(dict(T=0.0), "T"), (dict(T=-1.0), "T"), (dict(lam=-0.1), "lam"), (dict(lam=0.0), "lam")]:
         with pytest.raises(ValueError, match=f"`{name}`"):
             aet.RHVAE(enc, dec, met, 4, **kw)
     with pytest.raises(ValueError, match="n_centroids"):
