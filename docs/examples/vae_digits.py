@@ -13,7 +13,7 @@ from _common import bernoulli_decoder, epochs, gaussian_encoder, out_dir
 
 train, val = aet.data.load_digits()
 results = {}
-for name, beta in (("vae", 1.0), ("betavae", 4.0)):
+for name, beta in (("vae", 1.0), ("betavae", 2.0)):
     model = aet.VAE(gaussian_encoder(), bernoulli_decoder())
     loss = functools.partial(aet.vae.loss, model, beta=beta)
     variables, history = aet.train.fit(
