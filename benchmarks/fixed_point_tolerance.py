@@ -125,7 +125,7 @@ def markdown(rows: list[dict], table: list[dict], meta: dict) -> str:
         "# RHVAE: volume error of an unsolved leapfrog step against its fixed-point residual", "",
         f"{meta['date']}, {meta['platform']}, jax {meta['jax']}; `python -m benchmarks.fixed_point_tolerance "
         f"--epochs {meta['epochs']} --batch {meta['batch']}`. The CLI's RHVAE (detached flow gradient) trained "
-        f"{meta['epochs']} epochs on the digits (final train loss {meta['final_loss']:.2f}); one generalised "
+        f"{meta['epochs']} epochs on the digits (held-out loss {meta['final_loss']:.2f}); one generalised "
         f"leapfrog step from z₀ ~ q(z|x), ρ₀ = γ/√0.3 on {meta['batch']} held-out digits, batch metric, float64. "
         "Volume error: |log|det J|| of the computed step (exactly 0 for an exactly solved, symplectic step). "
         "Residual: the relative fixed-point residual the loss reports (the larger of the two equations).", "",
