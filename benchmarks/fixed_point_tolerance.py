@@ -1,6 +1,6 @@
 """RHVAE fixed points: the volume error of an unsolved generalised leapfrog step.
 
-    python -m benchmarks.fixed_point_tolerance [--epochs 3] [--batch 64]
+    python -m benchmarks.fixed_point_tolerance [--epochs 3] [--batch 128]
 
 An exactly solved generalised leapfrog step is symplectic, so its Jacobian in
 (z, ρ) has log|det J| = 0, and the RHVAE ELBO counts it as 0. With a finite
