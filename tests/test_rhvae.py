@@ -410,7 +410,7 @@ def trained(digits):
 def test_fit_trains_and_learns_a_metric_that_grows_off_the_data(trained):
     model, variables, history, train = trained
     losses = history["train"]["loss"]
-    # measured: 45.9 → 30.4 over 5 epochs; require a 5-nat fall
+    # measured 45.9 → 30.4 over 5 epochs at ε = 3e-3 (before the fixture moved to 1e-3); require a 5-nat fall
     assert losses[-1] < losses[0] - 5.0, losses
     # the stored metric was recomputed from training points chosen by fit
     xs = np.asarray(train.x)
@@ -428,7 +428,7 @@ def test_fit_trains_and_learns_a_metric_that_grows_off_the_data(trained):
     logvol_far = np.asarray(rhvae.log_volume(model, variables, jnp.asarray(far, jnp.float32)))
     assert np.all(logvol_far <= math.log(100.0) + 1e-4)  # G ≥ I/λ nowhere: √det G ≤ 1/λ = 100
     ratio = np.exp(np.min(logvol_far) - np.median(logvol_data))
-    # measured: min over the ring of √det G / median over the data = 14.9; require 5
+    # measured 14.9 at ε = 3e-3 (min over the ring of √det G / median over the data); require 5
     assert ratio > 5.0, ratio
 
 
@@ -744,9 +744,13 @@ def test_logdet_of_a_near_rank_1_inverse_metric_is_finite_in_float32(l11, lam):
     assert abs(new[0] - ref[0]) < 0.15, (new[0], ref[0])
     bound = np.log1p(4 * np.finfo(np.float32).eps * np.linalg.norm(L64 @ L64.T) / lam)
     assert np.all(np.abs(new - ref) < bound), (new, ref, bound)
-    # ordinary matrices: the same value as LU in float64
+
+
+def test_pivoted_logdet_matches_lu_and_has_exact_gradients():
+    """Ordinary positive-definite matrices: the pivoted log-determinant equals LU's (float64) and
+    its first and second derivatives pass check_grads (the full flow gradient needs both)."""
     with jax.enable_x64(True):
-        A = np.random.default_rng(0).standard_normal((5, 4, 4))
+        A = np.random.default_rng(0).standard_normal((3, 4, 4))
         A = A @ np.swapaxes(A, 1, 2) + 0.1 * np.eye(4)
         np.testing.assert_allclose(np.asarray(rhvae.logdet_inverse(jnp.asarray(A), 0.1)),
                                    np.linalg.slogdet(A)[1], rtol=1e-12)
