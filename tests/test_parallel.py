@@ -54,7 +54,7 @@ def build(name: str):
     if name == "rhvae":
         metric = aet.rhvae.MetricNetwork(aet.MLP([16], final_activation=nn.relu), 2)
         model = aet.RHVAE(enc, dec, metric, 8, 0.8, 1e-2)
-        return model, functools.partial(aet.rhvae.loss, model, K=1, eps=0.05, n_fixed_point=2)
+        return model, functools.partial(aet.rhvae.loss, model, K=1, eps=0.01, n_fixed_point=5)
     raise ValueError(name)
 
 
