@@ -73,7 +73,9 @@ def gaussian_quadratic(x: jax.Array, mu: jax.Array, logsigma: jax.Array) -> jax.
     """(x − μ)²/σ² elementwise, finite for every finite input (see the module docstring).
 
     Args:
-        x, mu, logsigma: arrays that broadcast together (floating).
+        x: values (floating), broadcasting with ``mu`` and ``logsigma``.
+        mu: means μ.
+        logsigma: log standard deviations log σ.
 
     Returns:
         q of the broadcast shape: exactly exp(2(log|x − μ| − log σ)) up to e^T,
@@ -95,7 +97,9 @@ def gaussian_logdensity(x: jax.Array, mu: jax.Array, logsigma: jax.Array) -> jax
     """log N(x; μ, σ²) elementwise: −½(x − μ)²/σ² − log σ − ½ log 2π, stable in float32.
 
     Args:
-        x, mu, logsigma: arrays that broadcast together.
+        x: values, broadcasting with ``mu`` and ``logsigma``.
+        mu: means μ.
+        logsigma: log standard deviations log σ.
 
     Returns:
         The elementwise log-density (not summed), of the broadcast shape.

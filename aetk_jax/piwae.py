@@ -72,7 +72,9 @@ def loss(
     return finish(value, metrics, aux)
 
 
-def optimizer(encoder_optimizer: optax.GradientTransformation, decoder_optimizer: optax.GradientTransformation):
+def optimizer(
+    encoder_optimizer: optax.GradientTransformation, decoder_optimizer: optax.GradientTransformation
+) -> optax.GradientTransformation:
     """One optax transformation stepping the encoder with one optimizer and the decoder with another.
 
     Args:
