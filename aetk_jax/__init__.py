@@ -57,13 +57,14 @@ _EXPORTS: dict[str, str] = {
     "RHVAE": "rhvae",
     "sample": "sampling",
     "VAE": "vae",
+    "VAMP": "vamp",
 }
 
 # the submodules reachable as attributes (``aet.train``); any other submodule also resolves on use
 _SUBMODULES = (
     "ae", "base", "builders", "checkpoint", "ciwae", "data", "decoders", "dispatch", "distributions",
     "encoders", "evaluate", "geometry", "hvae", "importance", "infomaxvae", "iwae", "layers", "miwae",
-    "mmdvae", "parallel", "piwae", "rhvae", "sampling", "train", "utils", "vae", "validation",
+    "mmdvae", "parallel", "piwae", "priors", "rhvae", "sampling", "train", "utils", "vae", "validation", "vamp",
 )
 
 __all__ = sorted({*_EXPORTS, *_SUBMODULES})

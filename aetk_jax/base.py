@@ -12,29 +12,34 @@ losses and by ``aet.evaluate``.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from .decoders import decoder_loglikelihood
-from .encoders import encoder_kl, encoder_mean, encoder_sample
+from .encoders import encoder_kl, encoder_logposterior, encoder_mean, encoder_sample, spherical_logprior
+from .priors import is_standard_normal
 from .validation import check_array, check_key
 
 Variables = Any
 
 
 class AutoEncoderModel(nn.Module):
-    """Base of every model: an ``encoder`` and a ``decoder``.
+    """Base of every model: an ``encoder``, a ``decoder`` and an optional ``prior``.
 
     ``__call__(x)`` encodes ``x`` ``(batch, *data_shape)``, takes the posterior
-    mean and decodes it; it exists so that ``model.init(key, x)`` creates all
-    parameters.
+    mean and decodes it (and evaluates the prior there); it exists so that
+    ``model.init(key, x)`` creates all parameters. ``prior`` (keyword-only, see
+    ``aetk_jax.priors``) is ``None`` for the standard normal N(0, I).
     """
 
     encoder: nn.Module
     decoder: nn.Module
+    _: dataclasses.KW_ONLY
+    prior: Optional[nn.Module] = None
 
     def encode(self, x: jax.Array) -> Any:
         return self.encoder(x)
@@ -42,9 +47,25 @@ class AutoEncoderModel(nn.Module):
     def decode(self, z: jax.Array) -> Any:
         return self.decoder(z)
 
+    def log_prior(self, z: jax.Array) -> jax.Array:
+        """log p(z) for codes ``(..., d)``, ``(...)``."""
+        return spherical_logprior(z) if self.prior is None else self.prior(z, self.encoder)
+
+    def sample_prior(self, key: jax.Array, n: int) -> jax.Array:
+        """``n`` draws from p(z), ``(n, d)``."""
+        if self.prior is None:
+            return jax.random.normal(key, (n, self.latent_dim))
+        return self.prior.sample(key, n, self.latent_dim, self.encoder)
+
+    def init_prior(self, z: jax.Array) -> None:
+        """Create the prior's parameters (call from ``__call__``); nothing for N(0, I)."""
+        if self.prior is not None:
+            self.prior(z, self.encoder)
+
     def __call__(self, x: jax.Array) -> Any:
-        enc = self.encoder(x)
-        return self.decoder(encoder_mean(self.encoder, enc))
+        z = encoder_mean(self.encoder, self.encoder(x))
+        self.init_prior(z)
+        return self.decoder(z)
 
     @property
     def latent_dim(self) -> int:
@@ -86,6 +107,25 @@ def loglikelihood(model: nn.Module, variables: Variables, x: jax.Array, z: jax.A
     return decoder_loglikelihood(model.decoder, x, decode(model, variables, z))
 
 
+def log_prior(model: nn.Module, variables: Variables, z: jax.Array) -> jax.Array:
+    """log p(z) under the model's prior for codes ``(..., d)``, ``(...)`` (N(0, I) without one)."""
+    if is_standard_normal(getattr(model, "prior", None)):
+        return spherical_logprior(z)
+    return model.apply(variables, z, method="log_prior")
+
+
+def kl_term(model: nn.Module, variables: Variables, enc_out: Any, zs: jax.Array) -> jax.Array:
+    """KL(q(z|x) ‖ p(z)) per example, ``(batch,)``.
+
+    In closed form for the standard normal prior; otherwise the Monte-Carlo
+    estimate (1/S) Σ_s [log q(z_s|x) − log p(z_s)] from the draws ``zs`` ``(S, batch, d)``.
+    """
+    if is_standard_normal(getattr(model, "prior", None)):
+        return encoder_kl(model.encoder, enc_out)
+    logq = encoder_logposterior(model.encoder, zs, enc_out)
+    return jnp.mean(logq - log_prior(model, variables, zs), axis=0)
+
+
 def sample_posterior(model: nn.Module, enc_out: Any, key: jax.Array, n_samples: int) -> jax.Array:
     """``n_samples`` reparameterised draws from q(z|x): ``(n_samples, batch, d)`` (vmapped)."""
     keys = jax.random.split(key, n_samples)
@@ -101,7 +141,7 @@ class ELBOTerms(NamedTuple):
     """Per-example pieces of the ELBO.
 
     ``loglik``: Monte-Carlo mean of log p(x|z) over the samples, ``(batch,)``;
-    ``kl``: closed-form KL(q(z|x) ‖ N(0, I)), ``(batch,)``; ``z``: the samples
+    ``kl``: KL(q(z|x) ‖ p(z)), ``(batch,)`` (closed form for N(0, I)); ``z``: the samples
     ``(S, batch, d)``; ``enc_out``: the encoder's output.
     """
 
@@ -116,12 +156,12 @@ def elbo_terms(
 ) -> ELBOTerms:
     """Encode, draw ``n_samples`` codes per example, and score them.
 
-    loglik = (1/S) Σₛ log p(x|zₛ), zₛ = μ + σ ⊙ εₛ; kl = KL(q(z|x) ‖ N(0, I)).
+    loglik = (1/S) Σₛ log p(x|zₛ), zₛ = μ + σ ⊙ εₛ; kl = KL(q(z|x) ‖ p(z)) (``kl_term``).
     """
     enc_out = encode(model, variables, x)
     zs = sample_posterior(model, enc_out, key, n_samples)
     loglik = jnp.mean(mc_loglikelihood(model, variables, x, zs), axis=0)
-    return ELBOTerms(loglik, encoder_kl(model.encoder, enc_out), zs, enc_out)
+    return ELBOTerms(loglik, kl_term(model, variables, enc_out, zs), zs, enc_out)
 
 
 def finish(loss: jax.Array, metrics: dict[str, jax.Array], aux: bool) -> Any:

@@ -52,8 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import evaluate
-from .base import AutoEncoderModel, Variables, check_inputs, encode, finish, loglikelihood
-from .encoders import encoder_logposterior, encoder_sample, spherical_logprior
+from .base import AutoEncoderModel, Variables, check_inputs, encode, finish, log_prior, loglikelihood
+from .encoders import encoder_logposterior, encoder_sample
 from .validation import check_int, check_scalar, is_concrete
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -212,7 +212,7 @@ def hamiltonian_flow(
 def potential_energy(model: nn.Module, variables: Variables, x: jax.Array, z: jax.Array) -> jax.Array:
     """U(z) = −log p(x|z) − log N(z; 0, I) per example: ``x`` ``(batch, *data_shape)``,
     ``z`` ``(batch, d)`` → ``(batch,)``. Works with any registered decoder."""
-    return -loglikelihood(model, variables, x, z) - spherical_logprior(z)
+    return -loglikelihood(model, variables, x, z) - log_prior(model, variables, z)
 
 
 def grad_potential_energy(model: nn.Module, variables: Variables, x: jax.Array, z: jax.Array) -> jax.Array:
@@ -303,7 +303,7 @@ def _terms_impl(
         zK=zK,
         rhoK=rhoK,
         loglik=loglikelihood(model, variables, x, zK),
-        logprior=spherical_logprior(zK),
+        logprior=log_prior(model, variables, zK),
         logp_momentum=momentum_logdensity(rhoK),
         logq=encoder_logposterior(model.encoder, z0, enc_out),
         logq_momentum=momentum_logdensity(rho0, beta0),

@@ -5,6 +5,8 @@ log importance weights are
 
     log w_s = log p(x|z_s) + log p(z_s) − log q(z_s|x),        shape (S, batch),
 
+with p(z) the model's prior (``aetk_jax.priors``; N(0, I) by default),
+
 and the bounds used by the importance-weighted family are
 
     IWAE_S(x)  = log (1/S) Σ_s w_s                         (Burda et al. 2016)
@@ -41,9 +43,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .base import Variables, decode, encode, sample_posterior
+from .base import Variables, decode, encode, log_prior, sample_posterior
 from .decoders import decoder_loglikelihood
-from .encoders import encoder_logposterior, spherical_logprior
+from .encoders import encoder_logposterior
 from .validation import check_int, check_scalar
 
 GRADIENTS = ("standard", "dreg")
@@ -101,7 +103,7 @@ def log_weights(
     zs = sample_posterior(model, enc_out, key, n_samples)
     q_params = jax.lax.stop_gradient(enc_out) if gradient == "dreg" else enc_out
     logp = jax.vmap(lambda z: decoder_loglikelihood(model.decoder, x, decode(model, variables, z)))(zs)
-    logw = logp + spherical_logprior(zs) - encoder_logposterior(model.encoder, zs, q_params)
+    logw = logp + log_prior(model, variables, zs) - encoder_logposterior(model.encoder, zs, q_params)
     return LogWeights(logw, zs, enc_out)
 
 
@@ -124,7 +126,7 @@ def dreg_log_weights(
     def logw_of(z: jax.Array) -> jax.Array:
         logp = jax.vmap(lambda zz: decoder_loglikelihood(model.decoder, x, decode(model, variables, zz)))(z)
         logq = encoder_logposterior(model.encoder, z, jax.lax.stop_gradient(enc_out))
-        return logp + spherical_logprior(z) - logq
+        return logp + log_prior(model, variables, z) - logq
 
     first = jax.lax.stop_gradient(logw_of(jax.lax.stop_gradient(zs)))
     wt = jax.nn.softmax(grouped(first, n_groups), axis=1).reshape(first.shape)

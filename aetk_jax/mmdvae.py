@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, finish
+from .priors import is_standard_normal
 from .validation import check_int, check_scalar, is_concrete
 
 Kernel = Callable[[jax.Array, jax.Array], jax.Array]
@@ -130,6 +131,16 @@ def prior_samples(key: jax.Array, n: int, d: int, dtype: Any = None) -> jax.Arra
     return jax.random.normal(jax.random.fold_in(key, _PRIOR_STREAM), (n, d), dtype or jnp.result_type(float))
 
 
+def model_prior_samples(model: AutoEncoderModel, variables: Variables, key: jax.Array, n: int, d: int,
+                        dtype: Any = None) -> jax.Array:
+    """``n`` draws ``(n, d)`` from the model's prior (``prior_samples`` for N(0, I)), reparameterised,
+    so a learned prior (``aetk_jax.priors``) receives the MMD's gradient."""
+    if is_standard_normal(getattr(model, "prior", None)):
+        return prior_samples(key, n, d, dtype)
+    z = model.apply(variables, jax.random.fold_in(key, _PRIOR_STREAM), n, method="sample_prior")
+    return z.astype(dtype) if dtype is not None else z
+
+
 def loss(
     model: AutoEncoderModel,
     variables: Variables,
@@ -174,7 +185,7 @@ def loss(
         raise ValueError("the unbiased MMD needs at least 2 codes: use a batch of >= 2 examples (`x`)")
     t = elbo_terms(model, variables, x, key, n_samples)
     zq = t.z.reshape(-1, t.z.shape[-1])
-    zp = prior_samples(key, n_latent_samples, zq.shape[-1], zq.dtype)
+    zp = model_prior_samples(model, variables, key, n_latent_samples, zq.shape[-1], zq.dtype)
     mmd = mmd_div(zq, zp, kernel, unbiased=unbiased)
     loglik, kl = jnp.mean(t.loglik), jnp.mean(t.kl)
     value = -loglik + (1.0 - alpha) * kl + (lam + alpha - 1.0) * mmd
@@ -206,7 +217,7 @@ def logp_mmd_ratio(
         raise ValueError("the unbiased MMD needs a batch of >= 2 examples (`x`)")
     t = elbo_terms(model, variables, x, key, 1)
     zq = t.z[0]
-    zp = prior_samples(key, n_latent_samples, zq.shape[-1], zq.dtype)
+    zp = model_prior_samples(model, variables, key, n_latent_samples, zq.shape[-1], zq.dtype)
     return jnp.abs(jnp.mean(t.loglik) / mmd_div(zq, zp, kernel, unbiased=unbiased))
 
 

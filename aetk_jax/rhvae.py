@@ -69,10 +69,9 @@ import numpy as np
 from . import evaluate as _evaluate
 from . import hvae
 from . import sampling as _sampling
-from . import train as _train
-from .base import AutoEncoderModel, Variables, check_inputs, decode, encode, finish, loglikelihood
+from .base import AutoEncoderModel, Variables, check_inputs, decode, encode, finish, log_prior, loglikelihood
 from .decoders import decoder_mean
-from .encoders import encoder_logposterior, encoder_mean, encoder_sample, spherical_logprior
+from .encoders import encoder_logposterior, encoder_mean, encoder_sample
 from .hvae import null_tempering, quadratic_tempering  # noqa: F401  (re-exported for convenience)
 from .utils import centroids_kmeans, sample_mvnormal_canon, vec_to_ltri
 from .validation import check_array, check_int, check_key, check_scalar
@@ -157,7 +156,9 @@ class RHVAE(AutoEncoderModel):
         self.variable("metric", "M", lambda: jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d)))
         self.variable("metric", "x", lambda: jnp.zeros((n,) + tuple(x.shape[1:]), dtype))
         self.metric_network(x)
-        return self.decoder(encoder_mean(self.encoder, enc))
+        z = encoder_mean(self.encoder, enc)
+        self.init_prior(z)
+        return self.decoder(z)
 
 
 # ---------------------------------------------------------------------------
@@ -609,7 +610,7 @@ def _phase_space_impl(model, variables, x, key, K, eps, beta0, tempering, n_fixe
         zK=zK,
         rhoK=rhoK,
         loglik=loglikelihood(model, variables, x, zK),
-        logprior=spherical_logprior(zK),
+        logprior=log_prior(model, variables, zK),
         logp_momentum=_momentum_logdensity(rhoK, inverse_metric(metric, zK), metric.lam),
         logq=encoder_logposterior(model.encoder, z0, enc_out),
         logq_momentum=logq_momentum,
@@ -763,25 +764,6 @@ def loss(
 @_evaluate.elbo.register(RHVAE)
 def _rhvae_elbo(model: RHVAE, variables: Variables, x: jax.Array, key: jax.Array, **hyper: Any) -> jax.Array:
     return elbo(model, variables, x, key, **hyper)
-
-
-# ---------------------------------------------------------------------------
-# Training: the metric update after every epoch
-# ---------------------------------------------------------------------------
-
-
-@_train.make_trainer.register(RHVAE)
-def _rhvae_trainer(model: RHVAE, loss_fn: Callable, optimizer: Any) -> _train.Trainer:
-    """The default trainer plus, after every epoch, the metric update from centroid data
-    chosen by :func:`select_centroid_data` on the whole training set ``x``."""
-    base = _train.make_trainer.dispatch(object)(model, loss_fn, optimizer)
-
-    def end_epoch(state: _train.TrainState, x: jax.Array) -> _train.TrainState:
-        variables = state.variables
-        new = update_metric(model, variables, select_centroid_data(model, variables, x))
-        return state._replace(collections={k: v for k, v in new.items() if k != "params"})
-
-    return _train.Trainer(base.init, base.step, end_epoch)
 
 
 # ---------------------------------------------------------------------------

@@ -23,10 +23,13 @@ class Samples(NamedTuple):
 def sample(model: nn.Module, variables: Variables, key: jax.Array, n: int) -> Samples:
     """Draw ``n`` codes from the model's prior and decode them.
 
-    The default prior is N(0, I); RHVAE registers a sampler of its learned
+    The prior is the model's (``prior=``, N(0, I) by default); RHVAE registers a sampler of its learned
     metric's density. Returns ``Samples(z, x)`` with ``x`` the decoder mean.
     """
     check_key(key)
     check_int(n, "n", minimum=1)
-    z = jax.random.normal(key, (n, model.latent_dim))
+    if getattr(model, "prior", None) is None:
+        z = jax.random.normal(key, (n, model.latent_dim))
+    else:
+        z = model.apply(variables, key, n, method="sample_prior")
     return Samples(z, decoder_mean(model.decoder, decode(model, variables, z)))
