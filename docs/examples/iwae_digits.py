@@ -50,7 +50,7 @@ plt.close(fig)
 
 # IWAE_K of the trained IWAE for growing K: a tighter bound on the same model
 model, variables = trained["IWAE (K=5)"]
-ks = [1, 2, 5, 10, 50, 200, 1000]
+ks = [1, 5, 50, 1000]
 bounds = [float(iwae.elbo(model, variables, x, jax.random.key(3), n_samples=k).mean()) for k in ks]
 fig, ax = plt.subplots(figsize=(5, 3.4))
 ax.semilogx(ks, bounds, "o-")
