@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     import flax.linen as nn
 
-MODELS = ("ae", "vae", "betavae", "mmdvae", "infomaxvae", "hvae", "rhvae", "iwae", "miwae", "piwae", "ciwae")
+MODELS = (
+    "ae", "vae", "betavae", "mmdvae", "infomaxvae", "hvae", "rhvae", "iwae", "miwae", "piwae", "ciwae", "vamp",
+)
 # models built from (encoder, decoder) alone: CLI name -> (module, class)
 PLAIN_MODELS = {
     "vae": ("vae", "VAE"),
@@ -27,6 +29,7 @@ PLAIN_MODELS = {
     "miwae": ("miwae", "MIWAE"),
     "piwae": ("piwae", "PIWAE"),
     "ciwae": ("ciwae", "CIWAE"),
+    "vamp": ("vamp", "VAMP"),
 }
 DECODERS = ("bernoulli", "gaussian")
 
@@ -82,6 +85,7 @@ def default_hyper(name: str) -> dict[str, Any]:
         "miwae": {"n_samples": 5, "n_groups": 3},
         "piwae": {"n_samples": 5, "n_groups": 3},
         "ciwae": {"n_samples": 5, "beta": 0.5},
+        "vamp": {"beta": 1.0},
     }[name]
 
 

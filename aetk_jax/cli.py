@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 
 DEFAULT_EPOCHS = {
     "ae": 30, "vae": 30, "betavae": 30, "mmdvae": 30, "infomaxvae": 30, "hvae": 20, "rhvae": 10,
-    "iwae": 30, "miwae": 20, "piwae": 20, "ciwae": 30,
+    "iwae": 30, "miwae": 20, "piwae": 20, "ciwae": 30, "vamp": 30,
 }
 # defaults of the options that define a run (recorded in config.json; fixed when resuming)
 RUN_DEFAULTS: dict[str, Any] = {
@@ -59,7 +59,7 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 COLLAPSE_KL = 0.01  # nats per latent dimension: below it the posterior has collapsed onto the prior
 # the models whose "kl" metric is KL(q(z|x) || p(z)) (RHVAE's "kl" is a different gap)
-KL_MODELS = ("vae", "betavae", "mmdvae", "infomaxvae")
+KL_MODELS = ("vae", "betavae", "mmdvae", "infomaxvae", "vamp")
 
 
 class UserError(Exception):

@@ -21,7 +21,7 @@ are normalised densities, so the ELBO is a bound in nats.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import jax
 
@@ -35,17 +35,22 @@ from .validation import check_int
 class VAMP(AutoEncoderModel):
     """``VAMP(encoder, decoder, n_components=50)``: a VAE whose prior is a VampPrior.
 
-    The pseudo-inputs have the decoder's data shape and live at
+    The pseudo-inputs have the shape of one example (``data_shape``, read from the
+    decoder's ``output_shape`` when not given) and live at
     ``variables["params"]["prior"]["pseudo_inputs"]`` ``(n_components, *data_shape)``.
     """
 
     n_components: int = 50
+    data_shape: Optional[Sequence[int]] = None
 
     def __post_init__(self) -> None:
         check_int(self.n_components, "n_components", minimum=1)
-        shape = data_shape(self)
+        shape = data_shape(self) if self.data_shape is None else tuple(int(s) for s in self.data_shape)
         if shape is None:
-            raise TypeError("VAMP needs a decoder that declares its `output_shape` (the pseudo-inputs' shape)")
+            raise TypeError(
+                f"VAMP needs the shape of one example for its pseudo-inputs: pass data_shape=... "
+                f"(the decoder {type(self.decoder).__name__} declares no `output_shape`)"
+            )
         if self.prior is None:
             object.__setattr__(self, "prior", VampPrior(int(self.n_components), shape))
         super().__post_init__()

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+from aetk_jax import builders as aet_builders
 from aetk_jax import checkpoint as ckpt
 from aetk_jax import cli
 
@@ -258,15 +259,15 @@ def test_integer_images_are_converted_explicitly(tmp_path):
     np.testing.assert_array_equal(data.load(str(tmp_path / "counts.npy")).x, counts.astype(np.float32))
 
 
-@pytest.mark.parametrize("name", ["iwae", "miwae", "piwae", "ciwae"])
-def test_importance_weighted_models_train_from_the_cli(tmp_path, capsys, name):
+@pytest.mark.parametrize("name", ["iwae", "miwae", "piwae", "ciwae", "vamp"])
+def test_importance_weighted_models_and_vamp_train_from_the_cli(tmp_path, capsys, name):
     out = str(tmp_path / name)
     status, stdout, err = run_main(capsys, ["train", "--model", name, "--epochs", "2", "--out", out, *TINY,
                                             "--no-plots"])
     assert status == 0, err
     res = _json(os.path.join(out, "results.json"))
     cfg = _json(os.path.join(out, "config.json"))
-    assert cfg["hyper"]["n_samples"] == 5
+    assert cfg["hyper"] == aet_builders.default_hyper(name)
     # the importance-sampled log-likelihood sits above the ELBO, and both are log-probabilities
     assert res["val_loglikelihood"] >= res["val_elbo"] - 0.1
     assert -80.0 < res["val_elbo"] < 0.0, res

@@ -163,3 +163,11 @@ def test_mmdvae_compares_the_codes_with_the_models_prior():
     assert float(m_plain["mmd"]) < 0.05 and float(m_mog["mmd"]) > 0.5, (m_plain["mmd"], m_mog["mmd"])
     g = jax.grad(lambda v: aet.mmdvae.loss(mog, v, x, jax.random.key(1), lam=10.0))(v_mog)["params"]["prior"]
     assert float(jnp.abs(g["means"]).sum()) > 1e-3
+
+
+def test_vamp_without_a_known_data_shape_says_how_to_give_it():
+    enc, _ = small_vae_parts()
+    dec = aet.MLP([4])  # a decoder with no output_shape
+    with pytest.raises(TypeError, match="data_shape="):
+        vamp.VAMP(enc, dec, 3)
+    assert vamp.VAMP(enc, dec, 3, data_shape=(64,)).prior.data_shape == (64,)
