@@ -50,7 +50,7 @@ class StandardNormal(nn.Module):
 class MixtureOfGaussians(nn.Module):
     """p(z) = Σ_k π_k N(z; m_k, diag s_k²) with trainable m, log s and logits of π.
 
-    Args:
+    Attributes:
         n_components: K ≥ 1.
         latent_dim: d, the dimension of z.
     """
@@ -83,7 +83,7 @@ class MixtureOfGaussians(nn.Module):
 class VampPrior(nn.Module):
     """p(z) = (1/K) Σ_k q(z | u_k) at K trainable pseudo-inputs ``u`` ``(K, *data_shape)``.
 
-    Args:
+    Attributes:
         n_components: K ≥ 1.
         data_shape: the shape of one example (the pseudo-inputs' shape less K).
     """
