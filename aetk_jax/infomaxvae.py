@@ -24,26 +24,25 @@ AutoEncoderToolkit.jl marks the shuffle as non-differentiable instead.
 ``aet.train.fit`` trains both parameter groups in one jitted step, each with its
 own optax optimizer (``optimizer`` = one transformation for both, or
 ``{"vae": opt, "mi": opt}``): first the encoder/decoder update, then the critic
-update on codes from the updated encoder (the Julia package's order).
+update on codes from the updated encoder (the Julia package's order). The two
+updates are phases of ``aet.train.make_step``, declared in the training layer
+(``aet.train.infomax_phases``, ``aetk_jax/training/hooks.py``); this module does
+not import it.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from . import train
 from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
 from .encoders import encoder_mean
 from .validation import check_int, check_key, check_scalar
 
 #: the name of the critic's parameter group in ``variables["params"]``
 MI_GROUP = "mi_network"
-LossFn = Callable[..., Any]
 
 
 class MutualInfoNetwork(nn.Module):
@@ -224,133 +223,6 @@ def mi_loss(model: InfoMaxVAE, variables: Variables, x: jax.Array, key: jax.Arra
     return finish(-mi, {"mi": mi}, aux)
 
 
-# --------------------------------------------------------------------------- training
-
-
-def _optimizers(
-    optimizer: Any, mi_optimizer: Any = None
-) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    """Resolve ``optimizer`` (one transformation or ``{"vae": ..., "mi": ...}``) and ``mi_optimizer``."""
-    if isinstance(optimizer, Mapping):
-        if set(optimizer) != {"vae", "mi"}:
-            raise ValueError(
-                f"`optimizer` as a dict must have exactly the keys 'vae' and 'mi', got {sorted(optimizer)}"
-            )
-        if mi_optimizer is not None:
-            raise ValueError(
-                "give the critic's optimizer either in the `optimizer` dict or as `mi_optimizer`, not both"
-            )
-        opt, mi_opt = optimizer["vae"], optimizer["mi"]
-    else:
-        opt, mi_opt = optimizer, (optimizer if mi_optimizer is None else mi_optimizer)
-    for name, o in (("optimizer", opt), ("mi_optimizer", mi_opt)):
-        if not (hasattr(o, "init") and hasattr(o, "update")):
-            raise TypeError(f"`{name}` must be an optax.GradientTransformation, got {type(o).__name__}")
-    return opt, mi_opt
-
-
-def init_state(variables: Variables, optimizer: Any, mi_optimizer: Any = None) -> train.TrainState:
-    """A fresh ``TrainState`` whose ``opt_state`` is ``{"vae": ..., "mi": ...}``."""
-    opt, mi_opt = _optimizers(optimizer, mi_optimizer)
-    params = variables["params"]
-    vae_p, mi_p = split_params(params)
-    rest = {k: v for k, v in variables.items() if k != "params"}
-    opt_state = {"vae": opt.init(vae_p), "mi": mi_opt.init(mi_p)}
-    return train.TrainState(params, opt_state, jnp.zeros((), jnp.int32), rest)
-
-
-def make_step(
-    loss_fn: LossFn,
-    optimizer: Any,
-    mi_optimizer: Any = None,
-    *,
-    mi_loss_fn: LossFn,
-    jit: bool = True,
-    guard: bool = True,
-    axis_name: Optional[str] = None,
-) -> Callable[[train.TrainState, jax.Array, jax.Array], tuple[train.TrainState, train.Metrics]]:
-    """One InfoMax-VAE step, ``step(state, batch, key) -> (state, metrics)``, one XLA computation.
-
-    ``key`` is split into ``(key_vae, key_mi)``; then
-
-    1. gradient of ``loss_fn(variables, x, key_vae)`` w.r.t. the encoder/decoder
-       parameters only, update with the VAE optimizer;
-    2. gradient of ``mi_loss_fn(variables, x, key_mi)`` (e.g. ``partial(mi_loss,
-       model)``) w.r.t. the critic's parameters only, at the updated
-       encoder/decoder, update with the critic's optimizer.
-
-    ``optimizer``: one optax transformation (used for both groups, separate
-    states) or ``{"vae": opt, "mi": opt}``; or pass the critic's as
-    ``mi_optimizer``. The state comes from ``init_state``. Metrics: the loss's
-    aux terms (``loss``, ``loglikelihood``, ``kl``, ``mi``, ...), ``mi_loss``,
-    ``grad_norm``, ``mi_grad_norm`` and ``finite``; with ``guard`` a non-finite
-    loss or gradient of either group leaves the whole state unchanged
-    (``finite`` = 0), as in ``aet.train.make_step``. ``axis_name``: average
-    gradients and metrics over that mapped axis (``lax.pmean``).
-    """
-    opt, mi_opt = _optimizers(optimizer, mi_optimizer)
-    vae_aux, critic_aux = train.with_aux(loss_fn), train.with_aux(mi_loss_fn)
-
-    def vae_objective(vae_p, mi_p, collections, x, key):
-        return vae_aux(_with_params(collections or {}, merge_params(vae_p, mi_p)), x, key)
-
-    def mi_objective(mi_p, vae_p, collections, x, key):
-        return critic_aux(_with_params(collections or {}, merge_params(vae_p, mi_p)), x, key)
-
-    vae_grad = jax.value_and_grad(vae_objective, has_aux=True)
-    mi_grad = jax.value_and_grad(mi_objective, has_aux=True)
-
-    def step(state: train.TrainState, batch: jax.Array, key: jax.Array):
-        key_vae, key_mi = jax.random.split(key)
-        vae_p, mi_p = split_params(state.params)
-        (_, metrics), g_vae = vae_grad(vae_p, mi_p, state.collections, batch, key_vae)
-        if axis_name is not None:
-            g_vae = jax.lax.pmean(g_vae, axis_name)
-        upd, vae_os = opt.update(g_vae, state.opt_state["vae"], vae_p)
-        vae_p = optax.apply_updates(vae_p, upd)
-
-        (mi_value, _), g_mi = mi_grad(mi_p, vae_p, state.collections, batch, key_mi)
-        if axis_name is not None:
-            g_mi = jax.lax.pmean(g_mi, axis_name)
-        upd, mi_os = mi_opt.update(g_mi, state.opt_state["mi"], mi_p)
-        mi_p = optax.apply_updates(mi_p, upd)
-
-        metrics = {**metrics, "mi_loss": mi_value}
-        if axis_name is not None:
-            metrics = jax.lax.pmean(metrics, axis_name)
-        ok = (
-            jnp.isfinite(metrics["loss"])
-            & jnp.isfinite(metrics["mi_loss"])
-            & train.all_finite(g_vae)
-            & train.all_finite(g_mi)
-        )
-        new = train.TrainState(
-            merge_params(vae_p, mi_p), {"vae": vae_os, "mi": mi_os}, state.step + 1, state.collections
-        )
-        metrics = {
-            **metrics,
-            "grad_norm": optax.global_norm(g_vae),
-            "mi_grad_norm": optax.global_norm(g_mi),
-            "finite": ok.astype(jnp.float32),
-        }
-        if guard:
-            new = train.guarded(new, state, ok)
-        return new, metrics
-
-    return jax.jit(step) if jit else step
-
-
-@train.make_trainer.register(InfoMaxVAE)
-def _infomax_trainer(model: InfoMaxVAE, loss_fn: LossFn, optimizer: Any) -> train.Trainer:
-    """``fit``'s trainer: ``loss_fn`` trains the encoder/decoder, ``mi_loss`` the critic."""
-    opt, mi_opt = _optimizers(optimizer)
-    return train.Trainer(
-        init=lambda variables: init_state(variables, opt, mi_opt),
-        step=make_step(loss_fn, opt, mi_opt, mi_loss_fn=functools.partial(mi_loss, model), jit=False),
-        end_epoch=lambda state, x: state,
-    )
-
-
 __all__ = [
     "InfoMaxVAE",
     "MutualInfoNetwork",
@@ -360,8 +232,6 @@ __all__ = [
     "variational_mutual_info",
     "loss",
     "mi_loss",
-    "init_state",
-    "make_step",
     "split_params",
     "merge_params",
 ]

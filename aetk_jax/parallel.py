@@ -29,6 +29,10 @@ the device's index into the key (``fold_in(key, axis_index)``): a key
 broadcast to every device gives independent noise on each shard. The pmap
 update is then statistically, not bitwise, the same as the sharded one.
 
+Layering: the mesh primitives live in ``aet.training.devices`` (below the
+training step, which uses them); this module re-exports them and adds the
+multi-process set-up and the ``pmap`` helpers on top of ``aet.train``.
+
 Several processes: call ``initialize()`` first (before any other JAX call),
 give each process its rows (``process_shard``), and call ``fit`` as usual:
 it gathers the per-process rows into one global data set (``gather_data``)
@@ -43,12 +47,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from . import train
+from .training.devices import (  # noqa: F401  (the mesh primitives, re-exported)
+    AXIS,
+    batch_sharding,
+    check_batch_size,
+    data_axis,
+    data_mesh,
+    gather_data,
+    num_shards,
+    replicated,
+)
 from .validation import check_int
-
-AXIS = "batch"
 ENV_COORDINATOR = "AETK_COORDINATOR"
 ENV_NUM_PROCESSES = "AETK_NUM_PROCESSES"
 ENV_PROCESS_ID = "AETK_PROCESS_ID"
@@ -68,59 +80,6 @@ class ProcessInfo(NamedTuple):
 def process_info() -> ProcessInfo:
     """The current ``ProcessInfo`` (initialises the JAX backend)."""
     return ProcessInfo(jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
-
-
-# ---------------------------------------------------------------------------
-# meshes and shardings
-
-
-def data_mesh(devices: Optional[Sequence[Any]] = None, axis_name: str = AXIS) -> Mesh:
-    """A one-axis ``Mesh`` named ``axis_name`` over ``devices`` (default: every device of every process)."""
-    devices = jax.devices() if devices is None else list(devices)
-    if len(devices) == 0:
-        raise ValueError("`devices` is empty")
-    if not isinstance(axis_name, str) or not axis_name:
-        raise TypeError(f"`axis_name` must be a non-empty string, got {axis_name!r}")
-    return Mesh(np.asarray(devices, dtype=object), (axis_name,))
-
-
-def _check_mesh(mesh: Any) -> Mesh:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"`mesh` must be a jax.sharding.Mesh (e.g. aet.parallel.data_mesh()), got {type(mesh).__name__}")
-    return mesh
-
-
-def data_axis(mesh: Mesh) -> str:
-    """The mesh axis a batch is split over: its first axis."""
-    return _check_mesh(mesh).axis_names[0]
-
-
-def num_shards(mesh: Mesh) -> int:
-    """How many pieces a batch is cut into: the size of the mesh's first axis."""
-    return int(mesh.shape[data_axis(mesh)])
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """``NamedSharding`` splitting the leading (batch) dimension over the mesh's first axis."""
-    return NamedSharding(mesh, PartitionSpec(data_axis(mesh)))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """``NamedSharding`` holding a full copy on every device of ``mesh``."""
-    return NamedSharding(_check_mesh(mesh), PartitionSpec())
-
-
-def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-    """``ValueError`` unless ``batch_size`` is a multiple of the number of shards of ``mesh``."""
-    n = num_shards(mesh)
-    if batch_size % n:
-        lo, hi = (batch_size // n) * n, (batch_size // n + 1) * n
-        hint = f"{lo} or {hi}" if lo else f"{hi}"
-        raise ValueError(
-            f"`{name}` ({batch_size}) must be divisible by the {n} devices of the mesh axis "
-            f"{data_axis(mesh)!r} (each device takes an equal share of the batch); use e.g. {hint}, "
-            "or pass `mesh=aet.parallel.data_mesh(jax.devices()[:k])` for a divisor k"
-        )
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -301,34 +260,6 @@ def process_shard(
         y = getattr(data, "y", None)
         return data._replace(x=_shard_rows(x, i, p, mode), y=None if y is None else _shard_rows(y, i, p, mode))
     return _shard_rows(x, i, p, mode)
-
-
-def gather_data(x: Any, mesh: Mesh) -> jax.Array:
-    """The whole data set, replicated on every device of ``mesh``, from each process's rows.
-
-    ``x`` is this process's shard ``(m, ...)``; every process must pass the
-    same shape (``process_shard`` does). The result is the shards
-    concatenated in process order, ``(num_processes·m, ...)``. With a single
-    process this is ``jax.device_put(x, replicated(mesh))``.
-    """
-    rep = replicated(mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(x, rep)
-    from jax.experimental import multihost_utils
-
-    x = np.asarray(x)
-    ndims = np.asarray(multihost_utils.process_allgather(np.int64(x.ndim)))
-    shapes = None
-    if np.all(ndims == x.ndim):
-        shapes = np.asarray(multihost_utils.process_allgather(np.asarray(x.shape, np.int64)))
-    if shapes is None or not np.all(shapes == shapes[0]):
-        got = ndims.tolist() if shapes is None else [tuple(s) for s in shapes.tolist()]
-        raise ValueError(
-            "every process must pass data of the same shape (use aet.parallel.process_shard); "
-            f"got {'ranks' if shapes is None else 'shapes'} {got} on processes 0..{len(got) - 1}"
-        )
-    full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return jax.device_put(full, rep)
 
 
 # ---------------------------------------------------------------------------

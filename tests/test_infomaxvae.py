@@ -275,8 +275,12 @@ def test_step_updates_both_groups_and_guards(setup):
     model, variables, x = setup
     lr_vae, lr_mi = 0.1, 0.05
     loss_fn, mi_fn = functools.partial(imv.loss, model, alpha=2.0), functools.partial(imv.mi_loss, model)
-    step = imv.make_step(loss_fn, optax.sgd(lr_vae), optax.sgd(lr_mi), mi_loss_fn=mi_fn)
-    state = imv.init_state(variables, {"vae": optax.sgd(lr_vae), "mi": optax.sgd(lr_mi)})
+    # the two phases of the one aet.train.make_step, as fit builds them
+    phases = aet.train.infomax_phases(model, loss_fn, optax.sgd(lr_vae), optax.sgd(lr_mi))
+    assert phases[1].loss_fn.func is mi_fn.func and phases[1].loss_fn.args == mi_fn.args
+    step = aet.train.make_step(phases=phases)
+    state = aet.train.init_state(variables, phases=aet.train.infomax_phases(
+        model, loss_fn, {"vae": optax.sgd(lr_vae), "mi": optax.sgd(lr_mi)}))
     key = jax.random.key(7)
     new, metrics = step(state, x, key)
 
@@ -362,9 +366,10 @@ def test_bad_arguments_raise(setup):
             fn(model, variables, x[:1], key)  # nothing to shuffle
     with pytest.raises(ValueError, match="mi_network"):
         imv.loss(model, {"params": imv.split_params(variables["params"])[0]}, x, key)
+    loss_fn = functools.partial(imv.loss, model)
     with pytest.raises(ValueError, match="optimizer"):
-        imv.init_state(variables, {"vae": optax.adam(1e-3)})
+        aet.train.make_trainer(model, loss_fn, {"vae": optax.adam(1e-3)})
     with pytest.raises(ValueError, match="mi_optimizer"):
-        imv.init_state(variables, {"vae": optax.adam(1e-3), "mi": optax.adam(1e-3)}, optax.sgd(1.0))
+        aet.train.infomax_phases(model, loss_fn, {"vae": optax.adam(1e-3), "mi": optax.adam(1e-3)}, optax.sgd(1.0))
     with pytest.raises(TypeError, match="optimizer"):
-        imv.init_state(variables, "adam")
+        aet.train.make_trainer(model, loss_fn, "adam")

@@ -408,3 +408,54 @@ def test_second_ctrl_c_abandons_the_epoch_and_keeps_the_last_checkpoint(digits, 
     # the variables are those of the last completed epoch, i.e. of its checkpoint
     raw = ckpt.read_raw(err.checkpoint)
     assert _tree_equal(err.variables["params"], raw["state"]["params"])
+
+
+# ---------------------------------------------------------------------------- the training layer's structure
+
+
+def test_one_phase_step_is_the_plain_step():
+    """`make_step(phases=(Phase(...),))` with one phase on every parameter is the plain step, bit for bit
+    (the optimizer state is then `{name: state}`)."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
+    params = {"w": jnp.ones((3,)), "b": jnp.zeros(())}
+    loss_fn = lambda v, xb, k: jnp.mean((xb @ v["params"]["w"] + v["params"]["b"]) ** 2)
+    opt = optax.adam(1e-2)
+    plain, m1 = aet.train.make_step(loss_fn, opt)(aet.train.init_state({"params": params}, opt), x, jax.random.key(1))
+    phases = (aet.train.Phase("all", loss_fn, opt),)
+    phased, m2 = aet.train.make_step(phases=phases)(
+        aet.train.init_state({"params": params}, phases=phases), x, jax.random.key(1))
+    assert _tree_equal(plain.params, phased.params) and _tree_equal(plain.opt_state, phased.opt_state["all"])
+    assert set(m1) == set(m2) and all(float(m1[k]) == float(m2[k]) for k in m1)
+    with pytest.raises(ValueError, match="not both"):
+        aet.train.make_step(loss_fn, opt, phases=phases)
+
+
+def test_no_model_module_imports_the_training_layer_and_no_cycles():
+    """Imports anywhere in a module (also inside functions): model modules never reach the training
+    layer, and the training layer's modules form no import cycle."""
+    import ast
+    import pathlib
+
+    pkg = pathlib.Path(aet.__file__).parent
+    training = {"train", "parallel", "training"}
+
+    def imported(path):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                mod = (node.module or "").split(".")[0]
+                names.update([mod] if mod else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aetk_jax."):
+                names.add(node.module.split(".")[1])
+        return names
+
+    models = ["ae", "vae", "mmdvae", "infomaxvae", "hvae", "rhvae", "iwae", "miwae", "piwae", "ciwae", "base"]
+    for name in models:
+        assert not imported(pkg / f"{name}.py") & training, name
+    # the order of the layer: each module imports only those before it
+    order = ["devices", "step", "epoch", "hooks", "fit"]
+    for i, name in enumerate(order):
+        text = (pkg / "training" / f"{name}.py").read_text()
+        for later in order[i + 1:]:
+            assert f"from .{later} import" not in text and f"from . import {later}" not in text, (name, later)
+        assert "from .. import train" not in text and "parallel" not in imported(pkg / "training" / f"{name}.py")

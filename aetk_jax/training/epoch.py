@@ -1,0 +1,139 @@
+"""One epoch as a single compiled ``lax.scan``, and the batched evaluator.
+
+``make_epoch(step, batch_size)`` shuffles the data with the epoch's key, drops
+the last ``n % batch_size`` examples of that order, and scans ``step`` over
+the ``n // batch_size`` batches; metrics stay on the device and are averaged
+over the epoch's good steps. The non-finite and divergence policies act inside
+the scan (no host round-trip): a failed step freezes the state for the rest of
+the epoch, or with ``skip_nonfinite`` is skipped while the learning-rate factor
+of :func:`aet.train.scale_by_lr_factor` is lowered.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from .step import LossFn, Metrics, TrainState, Variables, guarded, scale_lr, with_aux
+
+
+class EpochResult(NamedTuple):
+    state: TrainState
+    metrics: Metrics  # mean over the epoch's good steps
+    bad_step: jax.Array  # index within the epoch of the first non-finite step, or -1
+    bad_metrics: Metrics  # the metrics of that step
+    ref: Any = None  # the reference loss of the divergence check (NaN until the first good step)
+
+
+def make_epoch(
+    step: Callable,
+    batch_size: int,
+    sharding: Any = None,
+    *,
+    skip_nonfinite: bool = False,
+    skip_factor: float = 0.5,
+    divergence_factor: Optional[float] = None,
+) -> Callable:
+    """``epoch(state, x, key, ref=None) -> EpochResult``: shuffle, then ``lax.scan`` the step over batches.
+
+    The last ``len(x) % batch_size`` examples of each shuffled order are
+    dropped (a different remainder every epoch), so every batch has the same
+    shape and the whole epoch is one compiled computation.
+
+    By default the first non-finite step freezes the state for the rest of the
+    epoch. With ``skip_nonfinite`` a non-finite step is skipped instead (the
+    state keeps its previous value, with the learning-rate factor of
+    :func:`scale_by_lr_factor` multiplied by ``skip_factor``) and training goes
+    on; the metrics then also hold ``skipped``, the number of skipped steps.
+
+    With ``divergence_factor`` f a step whose finite loss L exceeds the
+    reference loss L₀ by more than f·max(|L₀|, 1) counts as failed like a
+    non-finite one (a blow-up that has not reached inf yet). L₀ is ``ref``, or,
+    while ``ref`` is NaN or None, the first good step's loss; the result's
+    ``ref`` carries it to the next epoch.
+    """
+
+    def epoch(state: TrainState, x: jax.Array, key: jax.Array, ref: Any = None) -> EpochResult:
+        perm_key, step_key = jax.random.split(key)
+        n_batches = x.shape[0] // batch_size
+        idx = jax.random.permutation(perm_key, x.shape[0])[: n_batches * batch_size]
+        idx = idx.reshape(n_batches, batch_size)
+        keys = jax.random.split(step_key, n_batches)
+
+        def body(carry, inp):
+            state, bad_step, bad_metrics, sums, n_good, i, ref = carry
+            batch_idx, k = inp
+            batch = x[batch_idx]
+            if sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, sharding)
+            new, metrics = step(state, batch, k)
+            if divergence_factor is not None:
+                loss = metrics["loss"].astype(jnp.float32)
+                limit = ref + divergence_factor * jnp.maximum(jnp.abs(ref), 1.0)
+                diverged = jnp.isfinite(ref) & (loss > limit)
+                finite = metrics["finite"] * (1.0 - diverged.astype(jnp.float32))
+                metrics = {**metrics, "finite": finite, "diverged": diverged.astype(jnp.float32)}
+                ref = jnp.where(jnp.isnan(ref) & (finite > 0), loss, ref)
+            first_bad = (metrics["finite"] == 0) & (bad_step < 0)
+            if skip_nonfinite:  # skip the step and lower the learning rate
+                ok = metrics["finite"] > 0
+                state = guarded(new, scale_lr(state, skip_factor), ok)
+            else:  # once a step has failed, freeze the state for the rest of the epoch
+                ok = (metrics["finite"] > 0) & (bad_step < 0)
+                state = guarded(new, state, ok)
+            bad_metrics = jax.tree_util.tree_map(
+                lambda m, b: jnp.where(first_bad, m, b), metrics, bad_metrics
+            )
+            bad_step = jnp.where(first_bad, i, bad_step)
+            sums = jax.tree_util.tree_map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
+            return (state, bad_step, bad_metrics, sums, n_good + ok, i + 1, ref), None
+
+        metrics_shape = dict(jax.eval_shape(step, state, x[idx[0]], keys[0])[1])
+        if divergence_factor is not None:
+            metrics_shape["diverged"] = metrics_shape["finite"]
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics_shape)
+        ref = jnp.asarray(jnp.nan if ref is None else ref, jnp.float32)
+        init = (state, jnp.int32(-1), zeros, zeros, jnp.int32(0), jnp.int32(0), ref)
+        (state, bad_step, bad_metrics, sums, n_good, _, ref), _ = jax.lax.scan(body, init, (idx, keys))
+        means = jax.tree_util.tree_map(lambda s: s / jnp.maximum(n_good, 1), sums)
+        if skip_nonfinite:
+            means = {**means, "skipped": (n_batches - n_good).astype(jnp.float32)}
+        return EpochResult(state, means, bad_step, bad_metrics, ref)
+
+    return epoch
+
+
+def make_evaluator(loss_fn: LossFn, batch_size: int) -> Callable[[Variables, jax.Array, jax.Array], Metrics]:
+    """``evaluate(variables, x, key) -> metrics``: the loss's metrics averaged over ``x``.
+
+    Runs full batches as one ``lax.map`` and the remainder as one more call.
+    """
+    loss_aux = with_aux(loss_fn)
+
+    @jax.jit
+    def chunked(variables, xb, keys):
+        out = jax.lax.map(lambda a: loss_aux(variables, a[0], a[1])[1], (xb, keys))
+        return jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), out)
+
+    one = jax.jit(lambda variables, xb, key: loss_aux(variables, xb, key)[1])
+
+    def evaluate(variables: Variables, x: jax.Array, key: jax.Array) -> Metrics:
+        n = x.shape[0]
+        nb, rem = divmod(n, batch_size)
+        keys = jax.random.split(key, nb + 1)
+        total: Optional[Metrics] = None
+        if nb:
+            xb = x[: nb * batch_size].reshape(nb, batch_size, *x.shape[1:])
+            sums = chunked(variables, xb, keys[:nb])
+            total = jax.tree_util.tree_map(lambda s: s * batch_size, sums)
+        if rem:
+            last = one(variables, x[nb * batch_size :], keys[nb])
+            last = jax.tree_util.tree_map(lambda m: m * rem, last)
+            total = last if total is None else jax.tree_util.tree_map(jnp.add, total, last)
+        return jax.tree_util.tree_map(lambda s: s / n, total)
+
+    return evaluate
+
+
+__all__ = ["EpochResult", "make_epoch", "make_evaluator"]

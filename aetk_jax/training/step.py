@@ -1,0 +1,360 @@
+"""The training state and the one training step every model uses.
+
+``make_step(loss_fn, optimizer)`` returns ``step(state, batch, key) -> (state,
+metrics)``: loss, gradient, optax update and metrics in one XLA computation.
+A model trained by several optimizers (InfoMax-VAE's encoder/decoder and
+critic) passes ``phases``: a sequence of :class:`Phase`, each a loss, an optax
+transformation and the top-level parameter group it trains, applied in order
+inside the same step (phase k's loss is evaluated at the parameters phase k−1
+has just updated). ``TrainState.opt_state`` is then ``{phase.name: state}``.
+
+Training policies are optax-style: the non-finite guard selects the old or
+the new state with ``optax.tree.where``; :func:`scale_by_lr_factor` is a
+``GradientTransformation`` holding the learning-rate factor that
+``fit(on_nonfinite="skip")`` lowers.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from . import devices
+
+Variables = Any
+Metrics = dict[str, jax.Array]
+LossFn = Callable[..., Any]
+Step = Callable[["TrainState", jax.Array, jax.Array], tuple["TrainState", Metrics]]
+
+
+class TrainState(NamedTuple):
+    """Training state (a pytree).
+
+    ``params``: the trainable ``"params"`` collection; ``opt_state``: the optax
+    state (``{phase.name: state}`` for a multi-phase step); ``step``: the
+    number of applied updates; ``collections``: every other variable
+    collection (e.g. RHVAE's stored metric), or ``{}``.
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    collections: Any = None
+
+    @property
+    def variables(self) -> Variables:
+        return {**(self.collections or {}), "params": self.params}
+
+
+class Phase(NamedTuple):
+    """One gradient update inside a training step of a multi-optimizer model.
+
+    ``name``: the key of its optimizer state in ``TrainState.opt_state``; every
+    phase after the first reports its loss and gradient norm as
+    ``{name}_loss`` and ``{name}_grad_norm``. ``loss_fn(variables, x, key)``:
+    its loss; ``optimizer``: its optax transformation; ``group``: the
+    top-level key of ``params`` it trains (the gradient is taken w.r.t.
+    ``params[group]`` only), or ``None`` for every key that no other phase names.
+    """
+
+    name: str
+    loss_fn: LossFn
+    optimizer: optax.GradientTransformation
+    group: Optional[str] = None
+
+
+def _claimed(phases: Sequence[Phase]) -> tuple[str, ...]:
+    return tuple(p.group for p in phases if p.group is not None)
+
+
+def _select(phase: Phase, claimed: tuple[str, ...], params: Any) -> Any:
+    """The parameters ``phase`` trains (all of them when no phase names a group)."""
+    if phase.group is not None:
+        return params[phase.group]
+    if not claimed:
+        return params
+    return {k: v for k, v in params.items() if k not in claimed}
+
+
+def _merge(phase: Phase, claimed: tuple[str, ...], params: Any, sub: Any) -> Any:
+    """``params`` with the part ``phase`` trains replaced by ``sub`` (inverse of :func:`_select`)."""
+    if phase.group is not None:
+        return {**params, phase.group: sub}
+    if not claimed:
+        return sub
+    return {**sub, **{k: params[k] for k in claimed}}
+
+
+def _phases(loss_fn: Optional[LossFn], optimizer: Any, phases: Optional[Sequence[Phase]]) -> tuple[Phase, ...]:
+    """``phases``, or the single phase ``loss_fn`` with ``optimizer`` on every parameter."""
+    if phases is None:
+        return (Phase("", loss_fn, optimizer),)
+    if loss_fn is not None or optimizer is not None:
+        raise ValueError("pass either `loss_fn` and `optimizer` or `phases`, not both")
+    phases = tuple(phases)
+    if not phases or not all(isinstance(p, Phase) for p in phases):
+        raise TypeError("`phases` must be a non-empty sequence of aet.train.Phase")
+    return phases
+
+
+def init_state(
+    variables: Variables, optimizer: Optional[optax.GradientTransformation] = None, *,
+    phases: Optional[Sequence[Phase]] = None,
+) -> TrainState:
+    """A fresh ``TrainState`` for ``variables`` (the output of ``model.init``).
+
+    Args:
+        variables: the model's variables; ``"params"`` are trained, every other
+            collection is kept in ``collections``.
+        optimizer: the optax transformation of a single-phase step.
+        phases: instead of ``optimizer``, the phases of a multi-phase step; the
+            optimizer state is then ``{phase.name: phase.optimizer.init(params of its group)}``.
+
+    Returns:
+        The state at step 0.
+    """
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    if phases is None:
+        opt_state = optimizer.init(params)
+    else:
+        ps = _phases(None, None, phases)
+        claimed = _claimed(ps)
+        opt_state = {p.name: p.optimizer.init(_select(p, claimed, params)) for p in ps}
+    return TrainState(params, opt_state, jnp.zeros((), jnp.int32), rest)
+
+
+def with_aux(loss_fn: LossFn) -> Callable[..., tuple[jax.Array, Metrics]]:
+    """Wrap ``loss_fn(variables, x, key)`` so it returns ``(loss, metrics)``.
+
+    A loss that accepts ``aux`` is called with ``aux=True``; its metrics dict is
+    kept. Any other loss gives ``{"loss": loss}``.
+    """
+    try:
+        takes_aux = "aux" in inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):
+        takes_aux = False
+    fn = functools.partial(loss_fn, aux=True) if takes_aux else loss_fn
+
+    def wrapped(variables: Variables, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        out = fn(variables, x, key)
+        if isinstance(out, tuple):
+            loss, metrics = out
+            return loss, {"loss": loss, **dict(metrics)}
+        return out, {"loss": out}
+
+    return wrapped
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True when every leaf of ``tree`` is finite (a traced boolean)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def guarded(new: TrainState, old: TrainState, ok: jax.Array) -> TrainState:
+    """``new`` where ``ok`` else ``old``, leaf by leaf (``optax.tree.where``; no host sync)."""
+    return optax.tree.where(ok, new, old)
+
+
+class LRScaleState(NamedTuple):
+    """State of :func:`scale_by_lr_factor`: the current learning-rate factor (a scalar)."""
+
+    scale: jax.Array
+
+
+def scale_by_lr_factor() -> optax.GradientTransformation:
+    """Multiply updates by a factor kept in the optimizer state (1 at the start).
+
+    ``fit(..., on_nonfinite="skip")`` chains it after the user's optimizer and
+    multiplies the factor by ``nonfinite_factor`` at every skipped step, which
+    lowers the effective learning rate of any optax optimizer. (optax's
+    ``inject_hyperparams`` needs the optimizer's factory, not an optimizer;
+    ``scale_by_schedule`` scales by a function of the step count, not by an
+    event-driven factor.)
+    """
+
+    def init(params: Any) -> LRScaleState:
+        return LRScaleState(jnp.ones((), jnp.float32))
+
+    def update(updates: Any, state: LRScaleState, params: Any = None) -> tuple[Any, LRScaleState]:
+        return jax.tree_util.tree_map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _is_scale(node: Any) -> bool:
+    return isinstance(node, LRScaleState)
+
+
+def scale_lr(state: TrainState, factor: Any) -> TrainState:
+    """``state`` with every :class:`LRScaleState` in its optimizer state multiplied by ``factor``."""
+    opt_state = jax.tree_util.tree_map(
+        lambda n: LRScaleState(n.scale * factor) if _is_scale(n) else n, state.opt_state, is_leaf=_is_scale
+    )
+    return state._replace(opt_state=opt_state)
+
+
+def lr_scale(state: TrainState) -> Optional[float]:
+    """The smallest learning-rate factor in ``state`` (``None`` without ``scale_by_lr_factor``)."""
+    found = [n.scale for n in jax.tree_util.tree_leaves(state.opt_state, is_leaf=_is_scale) if _is_scale(n)]
+    return min(float(v) for v in jax.device_get(found)) if found else None
+
+
+class _PhaseOut(NamedTuple):
+    params: Any
+    opt_state: Any
+    loss: jax.Array
+    metrics: Metrics
+    grads: Any
+
+
+def _phase_update(phases: tuple[Phase, ...], axis_name: Optional[str], plain: bool) -> Callable[..., list[_PhaseOut]]:
+    """``run(state, batch, keys) -> [_PhaseOut per phase]``: the phases' updates in order.
+
+    ``plain``: the single phase of ``make_step(loss_fn, optimizer)``, whose
+    optimizer state is ``opt_state`` itself rather than ``opt_state[name]``.
+    """
+    claimed = _claimed(phases)
+
+    def grad_fn(phase: Phase) -> Callable:
+        loss_aux = with_aux(phase.loss_fn)
+
+        def objective(sub: Any, params: Any, collections: Any, x: jax.Array, key: jax.Array):
+            return loss_aux({**(collections or {}), "params": _merge(phase, claimed, params, sub)}, x, key)
+
+        return jax.value_and_grad(objective, has_aux=True)
+
+    grads_of = [grad_fn(p) for p in phases]
+
+    def run(state: TrainState, batch: jax.Array, keys: Sequence[jax.Array]) -> list[_PhaseOut]:
+        params, outs = state.params, []
+        for phase, value_and_grad, key in zip(phases, grads_of, keys):
+            sub = _select(phase, claimed, params)
+            (loss, metrics), grads = value_and_grad(sub, params, state.collections, batch, key)
+            if axis_name is not None:
+                grads = jax.lax.pmean(grads, axis_name)
+            opt_state = state.opt_state if plain else state.opt_state[phase.name]
+            updates, opt_state = phase.optimizer.update(grads, opt_state, sub)
+            params = _merge(phase, claimed, params, optax.apply_updates(sub, updates))
+            outs.append(_PhaseOut(params, opt_state, loss, metrics, grads))
+        return outs
+
+    return run
+
+
+def _step_metrics(phases: tuple[Phase, ...], outs: list[_PhaseOut], axis_name: Optional[str]) -> Metrics:
+    """The first phase's loss and aux terms, ``{name}_loss`` of the others (averaged over ``axis_name``)."""
+    metrics = dict(outs[0].metrics)
+    for phase, out in zip(phases[1:], outs[1:]):
+        metrics[f"{phase.name}_loss"] = out.loss
+    if axis_name is not None:
+        metrics = jax.lax.pmean(metrics, axis_name)
+    return metrics
+
+
+def make_step(
+    loss_fn: Optional[LossFn] = None,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    *,
+    jit: bool = True,
+    guard: bool = True,
+    axis_name: Optional[str] = None,
+    mesh: Any = None,
+    phases: Optional[Sequence[Phase]] = None,
+) -> Step:
+    """One training step: ``step(state, batch, key) -> (state, metrics)``.
+
+    Computes the loss and its gradient with respect to ``state.params``,
+    applies the optax update, and returns metrics (``loss``, the loss's aux
+    terms, ``grad_norm`` and ``finite``). With ``guard`` a non-finite loss or
+    gradient leaves the state unchanged (``finite`` is then 0). With
+    ``axis_name`` (inside ``pmap``/``shard_map``) the device's index along
+    that axis is folded into ``key`` (independent noise on each shard) and
+    gradients and metrics are averaged over the axis with ``lax.pmean``.
+    With ``mesh`` (a ``jax.sharding.Mesh``) the batch is split over the
+    mesh's first axis (``aet.parallel.batch_sharding``) and the loss is the
+    mean over the global batch; a batch size not divisible by that axis
+    raises ``ValueError``.
+
+    Args:
+        loss_fn: ``loss_fn(variables, x, key)``, a scalar (or ``(loss, metrics)`` with ``aux=True``).
+        optimizer: an optax transformation of every parameter.
+        jit: return the step jitted.
+        guard: keep the old state when a loss or gradient is non-finite.
+        axis_name: the mapped axis to average over (``pmap``).
+        mesh: shard the batch over this mesh's first axis.
+        phases: instead of ``loss_fn`` and ``optimizer``, a multi-optimizer
+            model's :class:`Phase` sequence, run in order. With two or more
+            phases ``key`` is split into one key per phase; the metrics are the first phase's, plus
+            ``{name}_loss`` and ``{name}_grad_norm`` of the others, and
+            ``finite`` covers every phase's loss and gradient.
+
+    Returns:
+        ``step(state, batch, key) -> (state, metrics)``.
+    """
+    ps, plain = _phases(loss_fn, optimizer, phases), phases is None
+    run = _phase_update(ps, axis_name, plain)
+    batch_spec = None if mesh is None else devices.batch_sharding(mesh)
+
+    def step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple[TrainState, Metrics]:
+        if mesh is not None:
+            devices.check_batch_size(int(jnp.shape(batch)[0]), mesh, "batch")
+            batch = jax.lax.with_sharding_constraint(batch, batch_spec)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        keys = [key] if len(ps) == 1 else list(jax.random.split(key, len(ps)))
+        outs = run(state, batch, keys)
+        metrics = _step_metrics(ps, outs, axis_name)
+        opt_state = outs[0].opt_state if plain else {p.name: o.opt_state for p, o in zip(ps, outs)}
+        new = TrainState(outs[-1].params, opt_state, state.step + 1, state.collections)
+        ok = jnp.isfinite(metrics["loss"])
+        for i, (p, o) in enumerate(zip(ps, outs)):
+            ok = ok & all_finite(o.grads) & (jnp.isfinite(metrics[f"{p.name}_loss"]) if i else True)
+            metrics[f"{p.name}_grad_norm" if i else "grad_norm"] = optax.tree.norm(o.grads)
+        metrics["finite"] = ok.astype(jnp.float32)
+        if guard:
+            new = guarded(new, state, ok)
+        return new, metrics
+
+    return jax.jit(step) if jit else step
+
+
+class Trainer(NamedTuple):
+    """How ``fit`` trains one kind of model.
+
+    ``init(variables) -> TrainState``; ``step(state, batch, key) -> (state,
+    metrics)`` (not jitted: ``fit`` compiles it inside the epoch scan);
+    ``end_epoch(state, x) -> state`` runs after every epoch (e.g. RHVAE's
+    metric update; :func:`identity_end` by default, which ``fit`` skips).
+    """
+
+    init: Callable[[Variables], TrainState]
+    step: Step
+    end_epoch: Callable[[TrainState, jax.Array], TrainState]
+
+
+def identity_end(state: TrainState, x: jax.Array) -> TrainState:
+    """The end-of-epoch update of a model that has none: ``state`` unchanged."""
+    return state
+
+
+__all__ = [
+    "TrainState",
+    "Phase",
+    "Trainer",
+    "init_state",
+    "with_aux",
+    "all_finite",
+    "guarded",
+    "LRScaleState",
+    "scale_by_lr_factor",
+    "scale_lr",
+    "lr_scale",
+    "make_step",
+    "identity_end",
+]
