@@ -24,6 +24,7 @@ as in AutoEncoderToolkit.jl; pass e.g. ``lam=10.0`` to switch the MMD term on.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -62,6 +63,41 @@ def gaussian_kernel(x: jax.Array, y: jax.Array, rho: float = 1.0) -> jax.Array:
     d = x.shape[-1]
     sq = jnp.sum((x[:, None, :] - y[None, :, :]) ** 2, axis=-1)
     return jnp.exp(-sq / (rho**2 * d))
+
+
+#: the IMQ kernel's default scales (those of Tolstikhin et al.'s code and of pythae's WAE)
+IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def imq_kernel(x: jax.Array, y: jax.Array, scales: Any = IMQ_SCALES, bandwidth: float = 1.0) -> jax.Array:
+    """Multi-scale inverse multiquadric kernel Gram matrix, ``(n, m)``.
+
+        K[i, j] = Σ_s C_s / (C_s + ‖x_i − y_j‖²),   C_s = 2 · d · bandwidth² · s,
+
+    with ``x`` ``(n, d)``, ``y`` ``(m, d)`` and d the latent dimension (the WAE's
+    kernel, Tolstikhin et al. 2018). ``scales`` is a non-empty sequence of
+    positive numbers; ``bandwidth`` must be > 0. Memory O(n · m · d).
+    """
+    check_scalar(bandwidth, "bandwidth", positive=True)
+    scales = check_scales(scales)
+    _check_samples(x, "x", minimum=1)
+    _check_samples(y, "y", minimum=1)
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"`x` and `y` must have the same dimension, got {x.shape[-1]} and {y.shape[-1]}")
+    sq = jnp.sum((x[:, None, :] - y[None, :, :]) ** 2, axis=-1)
+    c = 2.0 * x.shape[-1] * bandwidth**2 * jnp.asarray(scales, sq.dtype)
+    return jnp.sum(c / (c + sq[..., None]), axis=-1)
+
+
+def check_scales(scales: Any) -> tuple[float, ...]:
+    """A kernel's ``scales``: a non-empty sequence of finite numbers > 0, returned as a tuple."""
+    try:
+        values = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"`scales` must be a sequence of positive numbers, got {scales!r}") from None
+    if not values or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"`scales` must be a non-empty sequence of positive numbers, got {scales!r}")
+    return values
 
 
 def _check_samples(a: Any, name: str, *, minimum: int) -> None:
@@ -224,4 +260,4 @@ def logp_mmd_ratio(
 # the Julia package's spelling
 logP_mmd_ratio = logp_mmd_ratio
 
-__all__ = ["MMDVAE", "gaussian_kernel", "mmd_div", "loss", "logp_mmd_ratio", "prior_samples", "check_weights"]
+__all__ = ["MMDVAE", "gaussian_kernel", "imq_kernel", "mmd_div", "loss", "logp_mmd_ratio", "prior_samples", "check_weights"]
