@@ -96,7 +96,7 @@ from ..validation import check_array, check_int, check_key, check_scalar
 from . import devices
 from .epoch import EpochResult, make_epoch, make_evaluator
 from .hooks import make_trainer
-from .step import LossFn, Trainer, TrainState, Variables, identity_end, lr_scale, scale_by_lr_factor
+from .step import LossFn, Trainer, TrainState, Variables, identity_end, lr_scales, scale_by_lr_factor
 
 
 class NonFiniteError(FloatingPointError):
@@ -393,7 +393,7 @@ def _check_failure(run: _Run, res: EpochResult, host: dict[str, Any], epoch: int
     """After an epoch with a failed step: warn (``skip`` while it can go on) or raise ``NonFiniteError``."""
     skip, bad = policy["skip_nonfinite"], int(host["bad_step"])
     n_skipped = int(host["metrics"]["skipped"]) if skip else 0
-    scale = lr_scale(res.state) if skip else None
+    scale = host["lr_scale"]
     terms = {k: float(v) for k, v in jax.device_get(res.bad_metrics).items()}
     nonfinite = sorted(k for k, v in terms.items() if k != "finite" and not math.isfinite(v))
     detail = _failure_detail(terms, nonfinite, float(run.ref), policy["divergence_factor"])
@@ -425,7 +425,7 @@ def _record(run: _Run, host: dict[str, Any], epoch: int, skip: bool) -> dict[str
     """Append the epoch's train (and validation) metrics to ``run.history``; returns the train metrics."""
     train_metrics = {k: float(v) for k, v in host["metrics"].items() if k not in ("finite", "diverged")}
     if skip:
-        train_metrics["lr_scale"] = lr_scale(run.state)
+        train_metrics["lr_scale"] = host["lr_scale"]
     run.history["epoch"].append(epoch)
     _append(run.history, "train", train_metrics)
     setup = run.setup
@@ -440,7 +440,10 @@ def _run_epoch(run: _Run, epoch: int, policy: dict[str, Any]) -> dict[str, float
     setup = run.setup
     res = setup.run_epoch(run.state, setup.x, jax.random.fold_in(run.train_key, epoch), run.ref)
     run.ref = res.ref
-    host = jax.device_get({"bad_step": res.bad_step, "metrics": res.metrics})  # one transfer per epoch
+    # one transfer per epoch: the failure flag, the metrics and (with skip) the learning-rate factors
+    host = jax.device_get({"bad_step": res.bad_step, "metrics": res.metrics,
+                           "scales": lr_scales(res.state) if policy["skip_nonfinite"] else []})
+    host["lr_scale"] = min(float(v) for v in host["scales"]) if host["scales"] else None
     if host["bad_step"] >= 0:
         _check_failure(run, res, host, epoch, policy)
     run.state = res.state if setup.end_epoch is None else setup.end_epoch(res.state, setup.x)

@@ -199,10 +199,15 @@ def scale_lr(state: TrainState, factor: Any) -> TrainState:
     return state._replace(opt_state=opt_state)
 
 
+def lr_scales(state: TrainState) -> list[jax.Array]:
+    """Every learning-rate factor of :func:`scale_by_lr_factor` in ``state``'s optimizer state (on the device)."""
+    return [n.scale for n in jax.tree_util.tree_leaves(state.opt_state, is_leaf=_is_scale) if _is_scale(n)]
+
+
 def lr_scale(state: TrainState) -> Optional[float]:
     """The smallest learning-rate factor in ``state`` (``None`` without ``scale_by_lr_factor``)."""
-    found = [n.scale for n in jax.tree_util.tree_leaves(state.opt_state, is_leaf=_is_scale) if _is_scale(n)]
-    return min(float(v) for v in jax.device_get(found)) if found else None
+    found = jax.device_get(lr_scales(state))
+    return min(float(v) for v in found) if found else None
 
 
 class _PhaseOut(NamedTuple):
@@ -355,6 +360,7 @@ __all__ = [
     "scale_by_lr_factor",
     "scale_lr",
     "lr_scale",
+    "lr_scales",
     "make_step",
     "identity_end",
 ]
