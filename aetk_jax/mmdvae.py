@@ -260,4 +260,6 @@ def logp_mmd_ratio(
 # the Julia package's spelling
 logP_mmd_ratio = logp_mmd_ratio
 
-__all__ = ["MMDVAE", "gaussian_kernel", "imq_kernel", "mmd_div", "loss", "logp_mmd_ratio", "prior_samples", "check_weights"]
+__all__ = [
+    "MMDVAE", "gaussian_kernel", "imq_kernel", "mmd_div", "loss", "logp_mmd_ratio", "prior_samples", "check_weights",
+]

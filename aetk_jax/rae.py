@@ -18,12 +18,12 @@ non-trainable collection ``"code_density"`` {``weights`` (C,), ``means`` (C, d),
 ``covs`` (C, d, d)}; ``aet.sample`` then draws codes from that mixture.
 
 Departures from pythae (``pythae.models.RAE_L2`` / ``RAE_GP``): pythae's L2 term is
-the optimiser's weight decay on the decoder (same minimiser, not part of the loss
-value); pythae's "gradient penalty" is ‖∇_x Σ_j x̂_j‖², a gradient with respect to
+the optimiser's weight decay on the decoder (not part of the loss value, and under
+Adam not the gradient of ½·reg_weight·‖θ‖²); here it is a term of the loss; pythae's "gradient penalty" is ‖∇_x Σ_j x̂_j‖², a gradient with respect to
 the *input* x through the encoder of the summed output, whereas Ghosh et al. and
 this module penalise the decoder's Jacobian with respect to z. pythae fits its GMM
 with scikit-learn after training; here EM runs in JAX (no scikit-learn at run time).
-Defaults follow pythae: embedding_weight = 1, reg_weight = 1e-7 (L2) and 1 (GP).
+Defaults follow pythae for both models: embedding_weight = 1e-4, reg_weight = 1e-7.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def _loss(model, variables, x, key, embedding_weight, reg_weight, aux, penalty):
 
 
 def loss_l2(model: AutoEncoderModel, variables: Variables, x: jax.Array, key: Any = None, *,
-            embedding_weight: float = 1.0, reg_weight: float = 1e-7, aux: bool = False) -> Any:
+            embedding_weight: float = 1e-4, reg_weight: float = 1e-7, aux: bool = False) -> Any:
     """The RAE-L2 loss (module docstring), a scalar; ``key`` is accepted and unused.
 
     Args:
@@ -115,7 +115,7 @@ def loss_l2(model: AutoEncoderModel, variables: Variables, x: jax.Array, key: An
 
 
 def loss_gp(model: AutoEncoderModel, variables: Variables, x: jax.Array, key: Any = None, *,
-            embedding_weight: float = 1.0, reg_weight: float = 1.0, aux: bool = False) -> Any:
+            embedding_weight: float = 1e-4, reg_weight: float = 1e-7, aux: bool = False) -> Any:
     """The RAE-GP loss (module docstring), a scalar; arguments as ``loss_l2``, ``reg_weight``
     weighting the mean ‖J_D(z)‖²_F."""
     penalty = lambda z: jnp.mean(jacobian_penalty(model, variables, z))  # noqa: E731
@@ -208,7 +208,9 @@ def _sample_rae(model: AutoEncoderModel, variables: Variables, key: jax.Array, n
     check_key(key)
     check_int(n, "n", minimum=1)
     if "code_density" not in variables:
-        raise ValueError("this RAE has no code density yet: call aet.rae.fit_code_density(model, variables, x, key=key)")
+        raise ValueError(
+            "this RAE has no code density yet: call aet.rae.fit_code_density(model, variables, x, key=key)"
+        )
     gmm = variables["code_density"]
     k1, k2 = jax.random.split(key)
     comp = jax.random.categorical(k1, jnp.log(gmm["weights"]), shape=(n,))

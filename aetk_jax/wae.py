@@ -21,9 +21,10 @@ mean is the reconstruction, whatever its likelihood. The key draws only the
 prior samples (the InfoVAE's prior stream, ``aet.mmdvae.model_prior_samples``).
 
 Departures from pythae (``pythae.models.WAE_MMD``): pythae subtracts the Gram
-matrices' diagonals as a broadcast vector (a constant offset in its reported value) and puts B · MMD² in the loss, so its ``reg_weight`` = 3e-2
-at B = 64 weights the MMD by 1.9; here λ multiplies the properly normalised
-U-statistic and defaults to the paper's λ = 10.
+matrices' diagonals as a broadcast vector (a constant offset in its reported
+value) and puts B · MMD² in the loss, so its ``reg_weight`` = 3e-2 at B = 64
+weights the MMD by 1.9; here λ multiplies the properly normalised U-statistic
+and defaults to the paper's λ = 10.
 """
 from __future__ import annotations
 
