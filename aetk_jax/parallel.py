@@ -281,6 +281,16 @@ def pmap_step(
     (``split_for_pmap(batch, n_devices)``), and ``key`` is one key, broadcast
     (each device folds in its index). Gradients and metrics are averaged
     with ``lax.pmean``, so the returned states are identical on every device.
+
+    Args:
+        loss_fn: ``loss_fn(variables, x, key)``.
+        optimizer: an optax transformation.
+        axis_name: the name of the mapped axis.
+        guard: keep the old state when a loss or gradient is non-finite.
+        devices: the devices to map over (default: every local device).
+
+    Returns:
+        The ``pmap``-ed step.
     """
     step = train.make_step(loss_fn, optimizer, jit=False, guard=guard, axis_name=axis_name)
     return jax.pmap(step, axis_name=axis_name, in_axes=(0, 0, None), devices=devices)

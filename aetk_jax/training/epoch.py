@@ -19,11 +19,40 @@ from .step import LossFn, Metrics, TrainState, Variables, guarded, scale_lr, wit
 
 
 class EpochResult(NamedTuple):
+    """What one compiled epoch returns (arrays on the device)."""
+
     state: TrainState
     metrics: Metrics  # mean over the epoch's good steps
     bad_step: jax.Array  # index within the epoch of the first non-finite step, or -1
     bad_metrics: Metrics  # the metrics of that step
     ref: Any = None  # the reference loss of the divergence check (NaN until the first good step)
+
+
+def _divergence(metrics: Metrics, ref: jax.Array, factor: float) -> tuple[Metrics, jax.Array]:
+    """Mark a finite loss L > L₀ + factor·max(|L₀|, 1) as failed (``finite`` 0, ``diverged`` 1).
+
+    Returns the metrics and the reference L₀ (set to the first good step's loss while it is NaN).
+    """
+    loss = metrics["loss"].astype(jnp.float32)
+    limit = ref + factor * jnp.maximum(jnp.abs(ref), 1.0)
+    diverged = jnp.isfinite(ref) & (loss > limit)
+    finite = metrics["finite"] * (1.0 - diverged.astype(jnp.float32))
+    metrics = {**metrics, "finite": finite, "diverged": diverged.astype(jnp.float32)}
+    return metrics, jnp.where(jnp.isnan(ref) & (finite > 0), loss, ref)
+
+
+def _keep_or_skip(new: TrainState, state: TrainState, finite: jax.Array, bad_step: jax.Array,
+                  skip: bool, skip_factor: float) -> tuple[TrainState, jax.Array]:
+    """The state after one step under the non-finite policy, and whether the step counts as good.
+
+    ``skip``: a failed step is skipped and the learning-rate factor multiplied by
+    ``skip_factor``; otherwise, once a step has failed, the state is frozen for the rest of the epoch.
+    """
+    if skip:
+        ok = finite > 0
+        return guarded(new, scale_lr(state, skip_factor), ok), ok
+    ok = (finite > 0) & (bad_step < 0)
+    return guarded(new, state, ok), ok
 
 
 def make_epoch(
@@ -39,19 +68,25 @@ def make_epoch(
 
     The last ``len(x) % batch_size`` examples of each shuffled order are
     dropped (a different remainder every epoch), so every batch has the same
-    shape and the whole epoch is one compiled computation.
+    shape and the whole epoch is one compiled computation. By default the
+    first non-finite step freezes the state for the rest of the epoch.
 
-    By default the first non-finite step freezes the state for the rest of the
-    epoch. With ``skip_nonfinite`` a non-finite step is skipped instead (the
-    state keeps its previous value, with the learning-rate factor of
-    :func:`scale_by_lr_factor` multiplied by ``skip_factor``) and training goes
-    on; the metrics then also hold ``skipped``, the number of skipped steps.
+    Args:
+        step: ``step(state, batch, key) -> (state, metrics)`` with a ``finite`` metric (``make_step``).
+        batch_size: examples per step.
+        sharding: a sharding each batch is constrained to (data parallel), or ``None``.
+        skip_nonfinite: skip a failed step instead (the state keeps its previous
+            value, with the learning-rate factor of :func:`scale_by_lr_factor`
+            multiplied by ``skip_factor``) and go on; the metrics then also hold
+            ``skipped``, the number of skipped steps.
+        skip_factor: see ``skip_nonfinite``.
+        divergence_factor: f: a step whose finite loss L exceeds the reference
+            loss L₀ by more than f·max(|L₀|, 1) fails like a non-finite one. L₀
+            is ``ref``, or, while ``ref`` is NaN or None, the first good step's
+            loss; the result's ``ref`` carries it to the next epoch.
 
-    With ``divergence_factor`` f a step whose finite loss L exceeds the
-    reference loss L₀ by more than f·max(|L₀|, 1) counts as failed like a
-    non-finite one (a blow-up that has not reached inf yet). L₀ is ``ref``, or,
-    while ``ref`` is NaN or None, the first good step's loss; the result's
-    ``ref`` carries it to the next epoch.
+    Returns:
+        ``epoch(state, x, key, ref=None) -> EpochResult`` (not jitted).
     """
 
     def epoch(state: TrainState, x: jax.Array, key: jax.Array, ref: Any = None) -> EpochResult:
@@ -69,22 +104,10 @@ def make_epoch(
                 batch = jax.lax.with_sharding_constraint(batch, sharding)
             new, metrics = step(state, batch, k)
             if divergence_factor is not None:
-                loss = metrics["loss"].astype(jnp.float32)
-                limit = ref + divergence_factor * jnp.maximum(jnp.abs(ref), 1.0)
-                diverged = jnp.isfinite(ref) & (loss > limit)
-                finite = metrics["finite"] * (1.0 - diverged.astype(jnp.float32))
-                metrics = {**metrics, "finite": finite, "diverged": diverged.astype(jnp.float32)}
-                ref = jnp.where(jnp.isnan(ref) & (finite > 0), loss, ref)
+                metrics, ref = _divergence(metrics, ref, divergence_factor)
             first_bad = (metrics["finite"] == 0) & (bad_step < 0)
-            if skip_nonfinite:  # skip the step and lower the learning rate
-                ok = metrics["finite"] > 0
-                state = guarded(new, scale_lr(state, skip_factor), ok)
-            else:  # once a step has failed, freeze the state for the rest of the epoch
-                ok = (metrics["finite"] > 0) & (bad_step < 0)
-                state = guarded(new, state, ok)
-            bad_metrics = jax.tree_util.tree_map(
-                lambda m, b: jnp.where(first_bad, m, b), metrics, bad_metrics
-            )
+            state, ok = _keep_or_skip(new, state, metrics["finite"], bad_step, skip_nonfinite, skip_factor)
+            bad_metrics = jax.tree_util.tree_map(lambda m, b: jnp.where(first_bad, m, b), metrics, bad_metrics)
             bad_step = jnp.where(first_bad, i, bad_step)
             sums = jax.tree_util.tree_map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
             return (state, bad_step, bad_metrics, sums, n_good + ok, i + 1, ref), None
@@ -108,6 +131,13 @@ def make_evaluator(loss_fn: LossFn, batch_size: int) -> Callable[[Variables, jax
     """``evaluate(variables, x, key) -> metrics``: the loss's metrics averaged over ``x``.
 
     Runs full batches as one ``lax.map`` and the remainder as one more call.
+
+    Args:
+        loss_fn: ``loss_fn(variables, x, key)`` (its aux metrics are averaged too).
+        batch_size: examples per call.
+
+    Returns:
+        ``evaluate(variables, x, key) -> {metric: mean over x}``.
     """
     loss_aux = with_aux(loss_fn)
 

@@ -578,6 +578,15 @@ def load_variables(model: nn.Module, checkpoint_dir: str, x_example: Any, *, key
     only the parameters and other variable collections are read (not the
     optimizer state). ``ValueError`` when there is no readable checkpoint or it
     belongs to another model configuration.
+
+    Args:
+        model: the flax module the checkpoints were written for.
+        checkpoint_dir: the folder ``fit`` wrote them to.
+        x_example: one batch of data (builds the template).
+        key: the key of the template's ``model.init`` (its values are overwritten).
+
+    Returns:
+        The stored variables (``params`` and every other collection).
     """
     from flax import serialization
 
@@ -608,7 +617,12 @@ def load_variables(model: nn.Module, checkpoint_dir: str, x_example: Any, *, key
 
 
 def save_history(history: dict[str, Any], path: str) -> None:
-    """Write ``history`` as JSON."""
+    """Write ``history`` as JSON.
+
+    Args:
+        history: ``fit``'s history (or any JSON-serialisable dict).
+        path: the file to write (its folder is created).
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(history, f, indent=1)

@@ -133,6 +133,12 @@ def with_aux(loss_fn: LossFn) -> Callable[..., tuple[jax.Array, Metrics]]:
 
     A loss that accepts ``aux`` is called with ``aux=True``; its metrics dict is
     kept. Any other loss gives ``{"loss": loss}``.
+
+    Args:
+        loss_fn: ``loss_fn(variables, x, key)``, optionally with an ``aux`` keyword.
+
+    Returns:
+        ``wrapped(variables, x, key) -> (loss, metrics)`` with ``metrics["loss"]`` the loss.
     """
     try:
         takes_aux = "aux" in inspect.signature(loss_fn).parameters
