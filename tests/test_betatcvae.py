@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -254,3 +255,37 @@ def test_bad_hyperparameters_raise(digits):
         betatcvae.loss(model, variables, x, key, dataset_size=100, estimator="importance")
     with pytest.raises(ValueError, match="stratified"):
         betatcvae.loss(model, variables, x[:1], key, dataset_size=100, estimator="stratified")
+
+
+class _FixedScaleParams(NamedTuple):
+    mu: jax.Array
+
+
+class _FixedScaleDecoder(nn.Module):
+    """p(x|z) = N(x; Dense(z), 0.5² I): a decoder type aet knows nothing about."""
+
+    output_dim: int
+
+    @nn.compact
+    def __call__(self, z):
+        return _FixedScaleParams(nn.Dense(self.output_dim)(z))
+
+
+@aet.decoder_loglikelihood.register(_FixedScaleDecoder)
+def _fixed_scale_loglik(decoder, x, out):
+    return jnp.sum(-0.5 * ((x - out.mu) / 0.5) ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi), axis=-1)
+
+
+def test_user_registered_likelihood(digits):
+    """With α = β = γ = 0 the loss is −mean log p(x|z) under the user's likelihood, z the VAE's draw."""
+    train, _ = digits
+    enc = aet.JointGaussianLogEncoder(aet.MLP([16]), 2)
+    model = BetaTCVAE(enc, _FixedScaleDecoder(64))
+    x = jnp.asarray(train.x[:8])
+    variables = model.init(jax.random.key(0), x)
+    key = jax.random.key(3)
+    value = betatcvae.loss(model, variables, x, key, alpha=0.0, beta=0.0, gamma=0.0, dataset_size=100)
+    z = aet.base.elbo_terms(model, variables, x, key).z[0]
+    mu = np.asarray(aet.base.decode(model, variables, z).mu, np.float64)
+    ref = np.mean(np.sum(0.5 * ((np.asarray(x) - mu) / 0.5) ** 2 + math.log(0.5) + 0.5 * math.log(2 * math.pi), 1))
+    np.testing.assert_allclose(float(value), ref, rtol=1e-5)
