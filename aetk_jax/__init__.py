@@ -45,6 +45,10 @@ _EXPORTS: dict[str, str] = {
     "encoder_sample": "encoders",
     "spherical_logprior": "encoders",
     "HVAE": "hvae",
+    "BetaTCVAE": "betatcvae",
+    "WAE": "wae",
+    "RAE_L2": "rae",
+    "RAE_GP": "rae",
     "CIWAE": "ciwae",
     "IWAE": "iwae",
     "MIWAE": "miwae",
@@ -62,7 +66,7 @@ _EXPORTS: dict[str, str] = {
 
 # the submodules reachable as attributes (``aet.train``); any other submodule also resolves on use
 _SUBMODULES = (
-    "ae", "base", "builders", "checkpoint", "ciwae", "data", "decoders", "dispatch", "distributions",
+    "ae", "base", "betatcvae", "builders", "checkpoint", "ciwae", "disentanglement", "rae", "wae", "data", "decoders", "dispatch", "distributions",
     "encoders", "evaluate", "geometry", "hvae", "importance", "infomaxvae", "iwae", "layers", "miwae",
     "mmdvae", "parallel", "piwae", "priors", "rhvae", "sampling", "train", "utils", "vae", "validation", "vamp",
 )

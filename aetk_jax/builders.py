@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODELS = (
     "ae", "vae", "betavae", "mmdvae", "infomaxvae", "hvae", "rhvae", "iwae", "miwae", "piwae", "ciwae", "vamp",
+    "betatcvae", "wae", "rae_l2", "rae_gp",
 )
 # models built from (encoder, decoder) alone: CLI name -> (module, class)
 PLAIN_MODELS = {
@@ -30,6 +31,14 @@ PLAIN_MODELS = {
     "piwae": ("piwae", "PIWAE"),
     "ciwae": ("ciwae", "CIWAE"),
     "vamp": ("vamp", "VAMP"),
+    "betatcvae": ("betatcvae", "BetaTCVAE"),
+}
+# deterministic autoencoders (an ``Encoder`` and a ``Decoder``): CLI name -> (module, class)
+DETERMINISTIC_MODELS = {
+    "ae": ("ae", "AE"),
+    "wae": ("wae", "WAE"),
+    "rae_l2": ("rae", "RAE_L2"),
+    "rae_gp": ("rae", "RAE_GP"),
 }
 DECODERS = ("bernoulli", "gaussian")
 
@@ -86,6 +95,10 @@ def default_hyper(name: str) -> dict[str, Any]:
         "piwae": {"n_samples": 5, "n_groups": 3},
         "ciwae": {"n_samples": 5, "beta": 0.5},
         "vamp": {"beta": 1.0},
+        "betatcvae": {"alpha": 1.0, "beta": 4.0, "gamma": 1.0, "estimator": "weighted"},
+        "wae": {"lam": 10.0, "kernel": "imq"},
+        "rae_l2": {"embedding_weight": 1.0, "reg_weight": 1e-2},
+        "rae_gp": {"embedding_weight": 1.0, "reg_weight": 1.0},
     }[name]
 
 
@@ -110,7 +123,7 @@ def build(
     """
     import importlib
 
-    from . import ae, decoders, encoders, infomaxvae, rhvae
+    from . import decoders, encoders, infomaxvae, rhvae
 
     if name not in MODELS:
         raise ValueError(f"`model` must be one of {MODELS}, got {name!r}")
@@ -119,9 +132,12 @@ def build(
     n_in = int(math.prod(data_shape))
     hp = {**default_hyper(name), **hyper}
     dec = _decoder(decoder, n_in, tuple(reversed(tuple(hidden))))
-    if name == "ae":
-        model = ae.AE(encoders.Encoder(_body(hidden), latent_dim), decoders.Decoder(_body(hidden[::-1]), n_in))
-        return Recipe(name, model, functools.partial(ae.loss, model), hp)
+    if name in DETERMINISTIC_MODELS:
+        module_name, class_name = DETERMINISTIC_MODELS[name]
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        enc_det = encoders.Encoder(_body(hidden), latent_dim)
+        model = getattr(module, class_name)(enc_det, decoders.Decoder(_body(hidden[::-1]), n_in))
+        return Recipe(name, model, functools.partial(module.loss, model, **hp), hp)
     enc = encoders.JointGaussianLogEncoder(_body(hidden), latent_dim)
     if name in PLAIN_MODELS:
         module_name, class_name = PLAIN_MODELS[name]

@@ -45,6 +45,7 @@ from typing import Any, Optional, Sequence
 DEFAULT_EPOCHS = {
     "ae": 30, "vae": 30, "betavae": 30, "mmdvae": 30, "infomaxvae": 30, "hvae": 20, "rhvae": 10,
     "iwae": 30, "miwae": 20, "piwae": 20, "ciwae": 30, "vamp": 30,
+    "betatcvae": 30, "wae": 30, "rae_l2": 30, "rae_gp": 30,
 }
 # defaults of the options that define a run (recorded in config.json; fixed when resuming)
 RUN_DEFAULTS: dict[str, Any] = {
@@ -59,7 +60,9 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 COLLAPSE_KL = 0.01  # nats per latent dimension: below it the posterior has collapsed onto the prior
 # the models whose "kl" metric is KL(q(z|x) || p(z)) (RHVAE's "kl" is a different gap)
-KL_MODELS = ("vae", "betavae", "mmdvae", "infomaxvae", "vamp")
+KL_MODELS = ("vae", "betavae", "mmdvae", "infomaxvae", "vamp", "betatcvae")
+# models with no likelihood p(x|z): scored by their held-out loss
+NO_LIKELIHOOD = ("ae", "wae", "rae_l2", "rae_gp")
 
 
 class UserError(Exception):
@@ -112,11 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _recipe(cfg: dict[str, Any], data_shape: Sequence[int]):
+def _recipe(cfg: dict[str, Any], train_ds: Any):
     from .builders import build
 
+    # β-TC-VAE's estimators need the training set's size
+    extra = {"dataset_size": len(train_ds)} if cfg["model"] == "betatcvae" else {}
     return build(
-        cfg["model"], data_shape, latent_dim=cfg["latent_dim"], decoder=cfg["decoder"], hidden=tuple(cfg["hidden"])
+        cfg["model"], train_ds.x.shape[1:], latent_dim=cfg["latent_dim"], decoder=cfg["decoder"],
+        hidden=tuple(cfg["hidden"]), **extra,
     )
 
 
@@ -140,8 +146,8 @@ def _evaluate(recipe, variables, x_val, key, n_importance: int) -> dict[str, flo
     k1, k2 = jax.random.split(key)
     x_val = jnp.asarray(x_val)
     out: dict[str, float] = {}
-    if recipe.name == "ae":
-        out["val_mse"] = float(recipe.loss(variables, x_val, k1))
+    if recipe.name in NO_LIKELIHOOD:  # autoencoders without a likelihood: their held-out loss
+        out["val_mse" if recipe.name == "ae" else "val_loss"] = float(recipe.loss(variables, x_val, k1))
         return out
     elbo_kw = {k: v for k, v in recipe.hyper.items() if k in ("K", "eps", "beta0", "n_fixed_point")}
     out["val_elbo"] = float(jnp.mean(evaluate.elbo(recipe.model, variables, x_val, k1, **elbo_kw)))
@@ -326,7 +332,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume:
         _check_resumable(ckpt, out)
     train_ds, val_ds = _load_data(cfg)
-    recipe = _recipe(cfg, train_ds.x.shape[1:])
+    recipe = _recipe(cfg, train_ds)
     _check_support(recipe, cfg, train_ds, val_ds)
     cfg["hyper"] = recipe.hyper
     os.makedirs(out, exist_ok=True)
@@ -396,7 +402,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, float]:
         raise UserError(f"--n-importance must be >= 1, got {args.n_importance}")
     cfg = _read_config(path)
     train_ds, val_ds = _load_data(cfg)
-    recipe = _recipe(cfg, train_ds.x.shape[1:])
+    recipe = _recipe(cfg, train_ds)
     _check_support(recipe, cfg, train_ds, val_ds)
     variables = tr.load_variables(recipe.model, os.path.join(args.dir, "checkpoints"), train_ds.x[:1])
     res = _evaluate(recipe, variables, val_ds.x, jax.random.key(args.seed), args.n_importance)

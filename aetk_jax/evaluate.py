@@ -1,4 +1,5 @@
-"""Held-out evaluation: the ELBO and the importance-sampled marginal log-likelihood."""
+"""Held-out evaluation: the ELBO, the importance-sampled marginal log-likelihood, and the
+disentanglement scores ``mig`` and ``sap`` (``aetk_jax.disentanglement``)."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 
 from . import importance
 from .base import Variables, check_inputs, encode
+from .disentanglement import mig, sap  # noqa: F401  (aet.evaluate.mig / aet.evaluate.sap)
 from .validation import check_int
 
 

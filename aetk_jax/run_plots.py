@@ -52,6 +52,10 @@ def run_plots(recipe, variables, train, val, history, out: str, key) -> list[str
     path = os.path.join(out, "reconstructions.png")
     paths.append(plots.image_grid([x, recon], ["data", "reconstruction"], path, column_titles=titles, **style))
     if recipe.name != "ae":
+        if recipe.name in ("rae_l2", "rae_gp"):  # RAEs sample from a mixture fitted to the codes
+            from . import rae
+
+            variables = rae.fit_code_density(model, variables, jnp.asarray(train.x), key=key)
         s = np.asarray(sampling.sample(model, variables, key, 20).x)
         paths.append(plots.image_grid([s[:10], s[10:]], ["samples", ""], os.path.join(out, "samples.png"), **style))
     if recipe.name == "rhvae" and z.shape[1] == 2:  # the metric plot is of a 2-D latent space

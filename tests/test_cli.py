@@ -273,3 +273,19 @@ def test_importance_weighted_models_and_vamp_train_from_the_cli(tmp_path, capsys
     assert -80.0 < res["val_elbo"] < 0.0, res
     hist = _json(os.path.join(out, "history.json"))
     assert hist["train"]["loss"][-1] < hist["train"]["loss"][0]
+
+
+@pytest.mark.parametrize("name", ["betatcvae", "wae", "rae_l2", "rae_gp"])
+def test_disentangling_and_regularised_models_train_from_the_cli(tmp_path, capsys, name):
+    out = str(tmp_path / name)
+    status, _, err = run_main(capsys, ["train", "--model", name, "--epochs", "2", "--out", out, *TINY])
+    assert status == 0, err
+    res = _json(os.path.join(out, "results.json"))
+    hist = _json(os.path.join(out, "history.json"))
+    assert hist["train"]["loss"][-1] < hist["train"]["loss"][0]
+    assert "samples.png" in res["plots"]
+    if name == "betatcvae":
+        assert _json(os.path.join(out, "config.json"))["hyper"]["dataset_size"] > 1000
+        assert res["val_loglikelihood"] >= res["val_elbo"] - 0.1
+    else:
+        assert math.isfinite(res["val_loss"]) and res["val_loss"] > 0

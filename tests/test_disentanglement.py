@@ -85,3 +85,11 @@ def test_bad_arguments():
         dis.sap(v.astype(float), np.zeros((len(v), 2)))
     with pytest.raises(ValueError, match="codes"):
         dis.mig(np.full((len(v), 3), np.nan), v)
+
+
+def test_public_names_of_the_second_zoo():
+    import aetk_jax as aet
+    from aetk_jax import betatcvae, disentanglement, rae, wae
+
+    assert aet.evaluate.mig is disentanglement.mig and aet.evaluate.sap is disentanglement.sap
+    assert (aet.BetaTCVAE, aet.WAE, aet.RAE_L2, aet.RAE_GP) == (betatcvae.BetaTCVAE, wae.WAE, rae.RAE_L2, rae.RAE_GP)
