@@ -145,7 +145,9 @@ def decomposition(
     """MI, TC and dimension-wise KL per example from codes ``z`` ``(B, d)`` and log p(z) ``(B,)``.
 
     Args:
-        z, mu, logsigma: as in ``aggregate_log_densities``.
+        z: codes ``(B, d)``, as in ``aggregate_log_densities``.
+        mu: the posterior means ``(B, d)``.
+        logsigma: the posterior log standard deviations ``(B, d)``.
         log_pz: the prior's log density at each code.
         dataset_size: N.
         estimator: ``"weighted"`` or ``"stratified"``.

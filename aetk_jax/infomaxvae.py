@@ -78,6 +78,7 @@ class InfoMaxVAE(AutoEncoderModel):
         enc = self.encoder(x)
         z = encoder_mean(self.encoder, enc)
         self.mi_network(x, z)
+        self.init_prior(z)
         return self.decoder(z)
 
 

@@ -104,7 +104,8 @@ def loss_l2(model: AutoEncoderModel, variables: Variables, x: jax.Array, key: An
     """The RAE-L2 loss (module docstring), a scalar; ``key`` is accepted and unused.
 
     Args:
-        model, variables: the model and its variables.
+        model: an ``RAE_L2`` or ``RAE_GP``.
+        variables: its variables.
         x: a batch ``(B, *data_shape)``.
         key: unused (the loss is deterministic).
         embedding_weight: weight ≥ 0 of ½‖z‖².

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,7 @@ def _rbf_kernel(x: jax.Array, y: jax.Array, scales: tuple[float, ...]) -> jax.Ar
     return sum(gaussian_kernel(x, y, rho=math.sqrt(2.0 * s)) for s in scales)
 
 
-def make_kernel(kernel: Any = "imq", scales: Any = None):
+def make_kernel(kernel: Any = "imq", scales: Any = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """The Gram-matrix function for ``kernel`` (``"imq"``, ``"rbf"`` or a callable) and ``scales``.
 
     Args:

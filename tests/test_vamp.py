@@ -171,3 +171,26 @@ def test_vamp_without_a_known_data_shape_says_how_to_give_it():
     with pytest.raises(TypeError, match="data_shape="):
         vamp.VAMP(enc, dec, 3)
     assert vamp.VAMP(enc, dec, 3, data_shape=(64,)).prior.data_shape == (64,)
+
+
+@pytest.mark.parametrize("name", ["hvae", "rhvae", "infomaxvae", "iwae"])
+def test_every_model_creates_and_uses_a_learned_prior(name):
+    # the prior's parameters exist after init and receive gradient from each model's loss
+    enc, dec = small_vae_parts(latent_dim=2, hidden=8)
+    prior = priors.MixtureOfGaussians(3, 2)
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(6, 64)) > 0.5, jnp.float32)
+    if name == "hvae":
+        model, loss = aet.HVAE(enc, dec, prior=prior), functools.partial(aet.hvae.loss, K=2, eps=0.01)
+    elif name == "rhvae":
+        metric = aet.rhvae.MetricNetwork(aet.MLP([8]), 2)
+        model = aet.RHVAE(enc, dec, metric, 4, 0.8, 1e-2, prior=prior)
+        loss = functools.partial(aet.rhvae.loss, K=1, eps=0.001, fixed_point_tol=1e30)
+    elif name == "infomaxvae":
+        critic = aet.infomaxvae.MutualInfoNetwork(aet.MLP([8]))
+        model, loss = aet.InfoMaxVAE(enc, dec, critic, prior=prior), aet.infomaxvae.loss
+    else:
+        model, loss = aet.IWAE(enc, dec, prior=prior), iwae.loss
+    variables = model.init(jax.random.key(0), x)
+    assert set(variables["params"]["prior"]) == {"means", "log_scales", "logits"}
+    g = jax.grad(lambda v: loss(model, v, x, jax.random.key(1)))(variables)["params"]["prior"]
+    assert float(jnp.abs(g["means"]).sum()) > 0
