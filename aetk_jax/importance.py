@@ -74,15 +74,14 @@ def scale_gradient(x: jax.Array, s: jax.Array) -> jax.Array:
     return jax.lax.stop_gradient(x) + s * (x - jax.lax.stop_gradient(x))
 
 
+def _logw_at(model: Any, variables: Variables, x: jax.Array, zs: jax.Array, q_params: Any) -> jax.Array:
+    """log p(x|z_s) + log p(z_s) − log q(z_s|x) for codes ``zs`` ``(S, batch, d)`` under ``q_params``."""
+    logp = jax.vmap(lambda z: decoder_loglikelihood(model.decoder, x, decode(model, variables, z)))(zs)
+    return logp + log_prior(model, variables, zs) - encoder_logposterior(model.encoder, zs, q_params)
+
+
 def log_weights(
-    model: Any,
-    variables: Variables,
-    x: jax.Array,
-    key: jax.Array,
-    n_samples: int,
-    *,
-    gradient: str = "standard",
-    enc_out: Any = None,
+    model: Any, variables: Variables, x: jax.Array, key: jax.Array, n_samples: int, *, enc_out: Any = None
 ) -> LogWeights:
     """Draw ``n_samples`` codes per example from q(z|x) and return their log weights.
 
@@ -92,8 +91,6 @@ def log_weights(
         x: data ``(batch, *data_shape)``.
         key: PRNG key for the draws.
         n_samples: S ≥ 1.
-        gradient: ``"standard"``, or ``"dreg"`` to evaluate log q(z|x) at stopped
-            encoder parameters (the codes keep their reparameterisation path).
         enc_out: the encoder's output for ``x``, when already computed.
 
     Returns:
@@ -101,10 +98,7 @@ def log_weights(
     """
     enc_out = encode(model, variables, x) if enc_out is None else enc_out
     zs = sample_posterior(model, enc_out, key, n_samples)
-    q_params = jax.lax.stop_gradient(enc_out) if gradient == "dreg" else enc_out
-    logp = jax.vmap(lambda z: decoder_loglikelihood(model.decoder, x, decode(model, variables, z)))(zs)
-    logw = logp + log_prior(model, variables, zs) - encoder_logposterior(model.encoder, zs, q_params)
-    return LogWeights(logw, zs, enc_out)
+    return LogWeights(_logw_at(model, variables, x, zs, enc_out), zs, enc_out)
 
 
 def dreg_log_weights(
@@ -113,24 +107,45 @@ def dreg_log_weights(
     """Log weights whose gradient, once weighted by w̃ (``bound_with_gradient``), is DReG's.
 
     Draws S = ``n_samples``·``n_groups`` codes; w̃ is normalised within each of
-    the ``n_groups`` groups of ``n_samples``. Each code's backward pass is scaled
-    by its w̃_s, so that Σ_s w̃_s ∇ log w_s carries w̃_s² on the encoder's path
-    and w̃_s on the decoder's. The weights come from a forward-only first pass.
+    the ``n_groups`` groups of ``n_samples``. log q(z|x) is evaluated at stopped
+    encoder parameters (the codes keep their reparameterisation path), and each
+    code's backward pass is scaled by its w̃_s, so that Σ_s w̃_s ∇ log w_s carries
+    w̃_s² on the encoder's path and w̃_s on the decoder's. The weights come from a
+    forward-only first pass.
 
     Returns:
         ``(logw, wt)``: log weights ``(S, batch)`` and their stopped normalised weights w̃.
     """
     enc_out = encode(model, variables, x)
     zs = sample_posterior(model, enc_out, key, n_samples * n_groups)
-
-    def logw_of(z: jax.Array) -> jax.Array:
-        logp = jax.vmap(lambda zz: decoder_loglikelihood(model.decoder, x, decode(model, variables, zz)))(z)
-        logq = encoder_logposterior(model.encoder, z, jax.lax.stop_gradient(enc_out))
-        return logp + log_prior(model, variables, z) - logq
-
-    first = jax.lax.stop_gradient(logw_of(jax.lax.stop_gradient(zs)))
+    q_params = jax.lax.stop_gradient(enc_out)
+    first = jax.lax.stop_gradient(_logw_at(model, variables, x, jax.lax.stop_gradient(zs), q_params))
     wt = jax.nn.softmax(grouped(first, n_groups), axis=1).reshape(first.shape)
-    return logw_of(scale_gradient(zs, wt[..., None])), wt
+    return _logw_at(model, variables, x, scale_gradient(zs, wt[..., None]), q_params), wt
+
+
+def grouped_bound(logw: jax.Array, n_groups: int = 1) -> jax.Array:
+    """(1/M) Σ_m logmeanexp_k log w_{mk} from log weights ``(M·K, batch)``, ``(batch,)``.
+
+    M = ``n_groups``; M = 1 is IWAE_K, otherwise MIWAE_{M,K}.
+    """
+    return jnp.mean(logmeanexp(grouped(logw, n_groups), axis=1), axis=0)
+
+
+def grouped_bound_loss_terms(
+    model: Any, variables: Variables, x: jax.Array, key: jax.Array, n_samples: int, n_groups: int, gradient: str
+) -> tuple[jax.Array, jax.Array]:
+    """The IWAE/MIWAE bound per example for a loss, with the chosen gradient.
+
+    Returns:
+        ``(bound (batch,), logw (S, batch))``; with ``gradient="dreg"`` the bound's
+        value is unchanged and its encoder gradient is DReG's within each group.
+    """
+    if gradient == "dreg":
+        logw, wt = dreg_log_weights(model, variables, x, key, n_samples, n_groups)
+        return bound_with_gradient(logw, wt / n_groups, grouped_bound(logw, n_groups)), logw
+    logw = log_weights(model, variables, x, key, n_samples * n_groups).logw
+    return grouped_bound(logw, n_groups), logw
 
 
 def bound_with_gradient(logw: jax.Array, wt: jax.Array, bound: jax.Array) -> jax.Array:

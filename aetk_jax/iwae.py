@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from .base import AutoEncoderModel, Variables, check_inputs, finish
-from .importance import bound_with_gradient, check_bound_hyper, dreg_log_weights, log_weights, logmeanexp
+from .importance import check_bound_hyper, grouped_bound, grouped_bound_loss_terms, log_weights
 
 
 class IWAE(AutoEncoderModel):
@@ -40,7 +40,7 @@ def elbo(
     """
     check_inputs(model, x, key)
     check_bound_hyper(n_samples)
-    return logmeanexp(log_weights(model, variables, x, key, n_samples).logw, axis=0)
+    return grouped_bound(log_weights(model, variables, x, key, n_samples).logw)
 
 
 def loss(
@@ -64,11 +64,6 @@ def loss(
     """
     check_inputs(model, x, key)
     check_bound_hyper(n_samples, gradient=gradient)
-    if gradient == "dreg":
-        logw, wt = dreg_log_weights(model, variables, x, key, n_samples)
-        bound = bound_with_gradient(logw, wt, logmeanexp(logw, axis=0))
-    else:
-        logw = log_weights(model, variables, x, key, n_samples).logw
-        bound = logmeanexp(logw, axis=0)
+    bound, logw = grouped_bound_loss_terms(model, variables, x, key, n_samples, 1, gradient)
     value = -jnp.mean(bound)
     return finish(value, {"iwae": -value, "elbo": jnp.mean(jax.lax.stop_gradient(logw))}, aux)

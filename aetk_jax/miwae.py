@@ -16,16 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from .base import AutoEncoderModel, Variables, check_inputs, finish
-from .importance import bound_with_gradient, check_bound_hyper, dreg_log_weights, grouped, log_weights, logmeanexp
+from .importance import check_bound_hyper, grouped_bound, grouped_bound_loss_terms, log_weights
 
 
 class MIWAE(AutoEncoderModel):
     """``MIWAE(encoder, decoder)``: trained on the mean of ``n_groups`` IWAE bounds."""
-
-
-def miwae_bound(logw: jax.Array, n_groups: int) -> jax.Array:
-    """(1/M) Σ_m logmeanexp_k log w_{mk} from log weights ``(M·K, batch)``; returns ``(batch,)``."""
-    return jnp.mean(logmeanexp(grouped(logw, n_groups), axis=1), axis=0)
 
 
 def elbo(
@@ -45,7 +40,7 @@ def elbo(
     """
     check_inputs(model, x, key)
     check_bound_hyper(n_samples, n_groups)
-    return miwae_bound(log_weights(model, variables, x, key, n_samples * n_groups).logw, n_groups)
+    return grouped_bound(log_weights(model, variables, x, key, n_samples * n_groups).logw, n_groups)
 
 
 def loss(
@@ -66,12 +61,6 @@ def loss(
     """
     check_inputs(model, x, key)
     check_bound_hyper(n_samples, n_groups, gradient=gradient)
-    s = n_samples * n_groups
-    if gradient == "dreg":
-        logw, wt = dreg_log_weights(model, variables, x, key, n_samples, n_groups)
-        bound = bound_with_gradient(logw, wt / n_groups, miwae_bound(logw, n_groups))
-    else:
-        logw = log_weights(model, variables, x, key, s).logw
-        bound = miwae_bound(logw, n_groups)
+    bound, logw = grouped_bound_loss_terms(model, variables, x, key, n_samples, n_groups, gradient)
     value = -jnp.mean(bound)
     return finish(value, {"miwae": -value, "elbo": jnp.mean(jax.lax.stop_gradient(logw))}, aux)

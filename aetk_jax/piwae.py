@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from .base import AutoEncoderModel, Variables, check_inputs, finish
-from .importance import check_bound_hyper, log_weights, logmeanexp
-from .miwae import miwae_bound
+from .importance import check_bound_hyper, grouped_bound, log_weights
 
 
 class PIWAE(AutoEncoderModel):
@@ -60,8 +59,8 @@ def loss(
     # the same key gives the same codes in both passes
     logw_enc = log_weights(model, stop_part(variables, "decoder"), x, key, s).logw
     logw_dec = log_weights(model, stop_part(variables, "encoder"), x, key, s).logw
-    miwae = miwae_bound(logw_enc, n_groups)
-    iwae = logmeanexp(logw_dec, axis=0)
+    miwae = grouped_bound(logw_enc, n_groups)
+    iwae = grouped_bound(logw_dec)
     surrogate = jnp.mean(miwae) + jnp.mean(iwae)
     value = -jax.lax.stop_gradient(jnp.mean(iwae)) - (surrogate - jax.lax.stop_gradient(surrogate))
     metrics = {
