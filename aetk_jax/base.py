@@ -114,6 +114,13 @@ def log_prior(model: nn.Module, variables: Variables, z: jax.Array) -> jax.Array
     return model.apply(variables, z, method="log_prior")
 
 
+def sample_prior(model: nn.Module, variables: Variables, key: jax.Array, n: int) -> jax.Array:
+    """``n`` draws ``(n, d)`` from the model's prior (N(0, I) without one), reparameterised."""
+    if getattr(model, "prior", None) is None:
+        return jax.random.normal(key, (n, model.latent_dim))
+    return model.apply(variables, key, n, method="sample_prior")
+
+
 def kl_term(model: nn.Module, variables: Variables, enc_out: Any, zs: jax.Array) -> jax.Array:
     """KL(q(z|x) ‖ p(z)) per example, ``(batch,)``.
 

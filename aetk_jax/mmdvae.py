@@ -30,7 +30,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, finish
+from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, finish, sample_prior
 from .priors import is_standard_normal
 from .validation import check_int, check_scalar, is_concrete
 
@@ -173,7 +173,7 @@ def model_prior_samples(model: AutoEncoderModel, variables: Variables, key: jax.
     so a learned prior (``aetk_jax.priors``) receives the MMD's gradient."""
     if is_standard_normal(getattr(model, "prior", None)):
         return prior_samples(key, n, d, dtype)
-    z = model.apply(variables, jax.random.fold_in(key, _PRIOR_STREAM), n, method="sample_prior")
+    z = sample_prior(model, variables, jax.random.fold_in(key, _PRIOR_STREAM), n)
     return z.astype(dtype) if dtype is not None else z
 
 

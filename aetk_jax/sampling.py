@@ -7,7 +7,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 
-from .base import Variables, decode
+from .base import Variables, decode, sample_prior
 from .decoders import decoder_mean
 from .validation import check_int, check_key
 
@@ -28,8 +28,5 @@ def sample(model: nn.Module, variables: Variables, key: jax.Array, n: int) -> Sa
     """
     check_key(key)
     check_int(n, "n", minimum=1)
-    if getattr(model, "prior", None) is None:
-        z = jax.random.normal(key, (n, model.latent_dim))
-    else:
-        z = model.apply(variables, key, n, method="sample_prior")
+    z = sample_prior(model, variables, key, n)
     return Samples(z, decoder_mean(model.decoder, decode(model, variables, z)))
