@@ -102,6 +102,15 @@ def default_hyper(name: str) -> dict[str, Any]:
     }[name]
 
 
+def _table_recipe(name: str, entry: tuple[str, str], enc: nn.Module, dec: nn.Module, hp: dict[str, Any]) -> Recipe:
+    """The recipe of a model built from ``(encoder, decoder)`` alone: ``entry`` is (module, class)."""
+    import importlib
+
+    module = importlib.import_module(f"{__package__}.{entry[0]}")
+    model = getattr(module, entry[1])(enc, dec)
+    return Recipe(name, model, functools.partial(module.loss, model, **hp), hp)
+
+
 def build(
     name: str,
     data_shape: Sequence[int],
@@ -117,33 +126,28 @@ def build(
     """Build model ``name`` on flat data of ``prod(data_shape)`` features.
 
     Encoder: MLP(hidden) → Gaussian (μ, log σ) heads of ``latent_dim``; decoder:
-    MLP(hidden) → Bernoulli logits or Gaussian (μ, log σ). ``hyper`` overrides
+    MLP(hidden) → Bernoulli logits or Gaussian (μ, log σ). The deterministic
+    models (:data:`DETERMINISTIC_MODELS`) use an ``Encoder`` and a ``Decoder`` instead. ``hyper`` overrides
     :func:`default_hyper` (loss hyper-parameters); ``n_centroids``, ``T`` and
     ``metric_lam`` (λ of G⁻¹) configure the RHVAE's metric.
     """
-    import importlib
-
     from . import decoders, encoders, infomaxvae, rhvae
 
     if name not in MODELS:
         raise ValueError(f"`model` must be one of {MODELS}, got {name!r}")
     if latent_dim < 1:
         raise ValueError(f"`latent_dim` must be >= 1, got {latent_dim}")
+    if decoder not in DECODERS:
+        raise ValueError(f"`decoder` must be one of {DECODERS}, got {decoder!r}")
     n_in = int(math.prod(data_shape))
     hp = {**default_hyper(name), **hyper}
-    dec = _decoder(decoder, n_in, tuple(reversed(tuple(hidden))))
     if name in DETERMINISTIC_MODELS:
-        module_name, class_name = DETERMINISTIC_MODELS[name]
-        module = importlib.import_module(f"{__package__}.{module_name}")
-        enc_det = encoders.Encoder(_body(hidden), latent_dim)
-        model = getattr(module, class_name)(enc_det, decoders.Decoder(_body(hidden[::-1]), n_in))
-        return Recipe(name, model, functools.partial(module.loss, model, **hp), hp)
+        enc, dec = encoders.Encoder(_body(hidden), latent_dim), decoders.Decoder(_body(hidden[::-1]), n_in)
+        return _table_recipe(name, DETERMINISTIC_MODELS[name], enc, dec, hp)
     enc = encoders.JointGaussianLogEncoder(_body(hidden), latent_dim)
+    dec = _decoder(decoder, n_in, hidden[::-1])
     if name in PLAIN_MODELS:
-        module_name, class_name = PLAIN_MODELS[name]
-        module = importlib.import_module(f"{__package__}.{module_name}")
-        model = getattr(module, class_name)(enc, dec)
-        return Recipe(name, model, functools.partial(module.loss, model, **hp), hp)
+        return _table_recipe(name, PLAIN_MODELS[name], enc, dec, hp)
     if name == "infomaxvae":
         critic = infomaxvae.MutualInfoNetwork(_body((hidden[0], hidden[0])))
         model = infomaxvae.InfoMaxVAE(enc, dec, critic)
