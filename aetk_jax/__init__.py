@@ -62,6 +62,10 @@ _EXPORTS: dict[str, str] = {
     "sample": "sampling",
     "VAE": "vae",
     "VAMP": "vamp",
+    # @zoo2
+    # @vq
+    # @flows
+    # @manifold
 }
 
 # the submodules reachable as attributes (``aet.train``); any other submodule also resolves on use
@@ -69,6 +73,14 @@ _SUBMODULES = (
     "ae", "base", "betatcvae", "builders", "checkpoint", "ciwae", "disentanglement", "rae", "wae", "data", "decoders", "dispatch", "distributions",
     "encoders", "evaluate", "geometry", "hvae", "importance", "infomaxvae", "iwae", "layers", "miwae",
     "mmdvae", "parallel", "piwae", "priors", "rhvae", "sampling", "train", "utils", "vae", "validation", "vamp",
+    # @zoo2
+    # @vq
+    # @flows
+    # @manifold
+    # @hamiltonian
+    # @geometry
+    # @ecosystem
+    # @conditional
 )
 
 __all__ = sorted({*_EXPORTS, *_SUBMODULES})

@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
 MODELS = (
     "ae", "vae", "betavae", "mmdvae", "infomaxvae", "hvae", "rhvae", "iwae", "miwae", "piwae", "ciwae", "vamp",
     "betatcvae", "wae", "rae_l2", "rae_gp",
+    # @zoo2 (factorvae, disentangledbetavae, aae, vaegan)
+    # @vq (vqvae, hrqvae)
+    # @flows (vae_linnf, vae_iaf, msssim_vae)
+    # @manifold (svae, pvae)
 )
 # models built from (encoder, decoder) alone: CLI name -> (module, class)
 PLAIN_MODELS = {
@@ -32,6 +36,10 @@ PLAIN_MODELS = {
     "ciwae": ("ciwae", "CIWAE"),
     "vamp": ("vamp", "VAMP"),
     "betatcvae": ("betatcvae", "BetaTCVAE"),
+    # @zoo2
+    # @vq
+    # @flows
+    # @manifold
 }
 # deterministic autoencoders (an ``Encoder`` and a ``Decoder``): CLI name -> (module, class)
 DETERMINISTIC_MODELS = {
@@ -39,6 +47,10 @@ DETERMINISTIC_MODELS = {
     "wae": ("wae", "WAE"),
     "rae_l2": ("rae", "RAE_L2"),
     "rae_gp": ("rae", "RAE_GP"),
+    # @zoo2
+    # @vq
+    # @flows
+    # @manifold
 }
 DECODERS = ("bernoulli", "gaussian")
 
@@ -99,6 +111,10 @@ def default_hyper(name: str) -> dict[str, Any]:
         "wae": {"lam": 10.0, "kernel": "imq"},
         "rae_l2": {"embedding_weight": 1.0, "reg_weight": 1e-2},
         "rae_gp": {"embedding_weight": 1.0, "reg_weight": 1.0},
+        # @zoo2
+        # @vq
+        # @flows
+        # @manifold
     }[name]
 
 
@@ -109,6 +125,40 @@ def _table_recipe(name: str, entry: tuple[str, str], enc: nn.Module, dec: nn.Mod
     module = importlib.import_module(f"{__package__}.{entry[0]}")
     model = getattr(module, entry[1])(enc, dec)
     return Recipe(name, model, functools.partial(module.loss, model, **hp), hp)
+
+
+class BuildContext(NamedTuple):
+    """What a model-specific builder gets: the default encoder and decoder and the sizes.
+
+    ``encoder``: the Gaussian MLP encoder (or the deterministic ``Encoder`` for
+    :data:`DETERMINISTIC_MODELS`); ``decoder``: the likelihood decoder of the
+    chosen ``decoder_kind``; ``n_in``: features per example; ``data_shape``: the
+    per-example shape; ``hidden``: the encoder's hidden widths (decoder: reversed).
+    """
+
+    encoder: Any
+    decoder: Any
+    n_in: int
+    data_shape: tuple[int, ...]
+    latent_dim: int
+    hidden: tuple[int, ...]
+    decoder_kind: str
+
+
+# CLI name -> builder(ctx: BuildContext, hp: dict) -> (model, loss module); models with extra networks
+def _custom_builds() -> dict[str, Callable[[BuildContext, dict[str, Any]], tuple[Any, Any]]]:
+    return {
+        # @zoo2
+        # @vq
+        # @flows
+        # @manifold
+    }
+
+
+# @zoo2 builder functions
+# @vq builder functions
+# @flows builder functions
+# @manifold builder functions
 
 
 def build(
@@ -146,6 +196,11 @@ def build(
         return _table_recipe(name, DETERMINISTIC_MODELS[name], enc, dec, hp)
     enc = encoders.JointGaussianLogEncoder(_body(hidden), latent_dim)
     dec = _decoder(decoder, n_in, hidden[::-1])
+    custom = _custom_builds()
+    if name in custom:
+        ctx = BuildContext(enc, dec, n_in, tuple(int(s) for s in data_shape), latent_dim, tuple(hidden), decoder)
+        model, module = custom[name](ctx, hp)
+        return Recipe(name, model, functools.partial(module.loss, model, **hp), hp)
     if name in PLAIN_MODELS:
         return _table_recipe(name, PLAIN_MODELS[name], enc, dec, hp)
     if name == "infomaxvae":

@@ -46,6 +46,10 @@ DEFAULT_EPOCHS = {
     "ae": 30, "vae": 30, "betavae": 30, "mmdvae": 30, "infomaxvae": 30, "hvae": 20, "rhvae": 10,
     "iwae": 30, "miwae": 20, "piwae": 20, "ciwae": 30, "vamp": 30,
     "betatcvae": 30, "wae": 30, "rae_l2": 30, "rae_gp": 30,
+    # @zoo2
+    # @vq
+    # @flows
+    # @manifold
 }
 # defaults of the options that define a run (recorded in config.json; fixed when resuming)
 RUN_DEFAULTS: dict[str, Any] = {
@@ -60,9 +64,17 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 COLLAPSE_KL = 0.01  # nats per latent dimension: below it the posterior has collapsed onto the prior
 # the models whose "kl" metric is KL(q(z|x) || p(z)) (RHVAE's "kl" is a different gap)
-KL_MODELS = ("vae", "betavae", "mmdvae", "infomaxvae", "vamp", "betatcvae")
+KL_MODELS = (
+    "vae", "betavae", "mmdvae", "infomaxvae", "vamp", "betatcvae",
+    # @zoo2
+    # @flows
+)
 # models with no likelihood p(x|z): scored by their held-out loss
-NO_LIKELIHOOD = ("ae", "wae", "rae_l2", "rae_gp")
+NO_LIKELIHOOD = (
+    "ae", "wae", "rae_l2", "rae_gp",
+    # @zoo2
+    # @vq
+)
 
 
 class UserError(Exception):
