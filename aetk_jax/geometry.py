@@ -57,9 +57,20 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from .base import decode
-from .decoders import decoder_mean
-from .distributions import GaussianLogParams, GaussianParams
-from .validation import check_int, check_key, is_concrete
+from .decoders import (
+    BernoulliDecoder,
+    CategoricalDecoder,
+    Decoder,
+    JointGaussianDecoder,
+    JointGaussianLogDecoder,
+    SimpleGaussianDecoder,
+    SplitGaussianDecoder,
+    SplitGaussianLogDecoder,
+    decoder_mean,
+)
+from .dispatch import dispatched
+from .distributions import BernoulliParams, CategoricalParams, GaussianLogParams, GaussianParams
+from .validation import check_int, check_key, check_scalar, is_concrete
 
 MetricFn = Callable[[jax.Array], jax.Array]
 CurveFn = Callable[[Any, jax.Array], jax.Array]
@@ -89,7 +100,18 @@ __all__ = [
     "default_geodesic_optimizer",
     "fit_geodesic",
     "GeodesicFit",
-]  # plus, imported lazily from geometry_plots: metric_volume_grid, plot_latent_metric
+    "fisher_information",
+    "fisher_pullback",
+    "fisher_metric_fn",
+    "magnification_factor",
+    "christoffel_symbols",
+    "ricci_tensor",
+    "scalar_curvature",
+    "GeodesicInfo",
+    "fit_geodesics",
+    "distance_matrix",
+    "interpolate",
+]
 
 
 # --------------------------------------------------------------------------- checks
@@ -561,13 +583,570 @@ def fit_geodesic(
     return jax.jit(functools.partial(_fit_impl, metric_fn, **kwargs), compiler_options=options)(params, u, z_init, z_end)
 
 
-# --------------------------------------------------------------------------- plots (lazy)
+# --------------------------------------------------------------------------- Fisher–Rao metrics
 
 
-def __getattr__(name: str) -> Any:
-    # the plotting helpers live in geometry_plots, imported only when asked for
-    if name in ("metric_volume_grid", "plot_latent_metric"):
-        from . import geometry_plots
+@dispatched("geometry.fisher_information")
+def fisher_information(decoder: nn.Module, dec_out: Any) -> Callable[[Any], Any]:
+    """The Fisher information of the decoder's distribution, as a Fisher–vector product.
 
-        return getattr(geometry_plots, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    Dispatched on the decoder's type like ``aet.decoder_loglikelihood``. Given
+    the decoder's output ``dec_out`` for *one* latent point (a pytree of
+    distribution parameters θ, the batch axis removed), return the linear map
+    ``v ↦ F(θ) v`` on tangents ``v`` with the structure and shapes of
+    ``dec_out``, where ``F(θ) = E_{x∼p(x|θ)}[∇_θ log p(x|θ) ∇_θ log p(x|θ)ᵀ]``
+    in the parametrisation the decoder outputs. :func:`fisher_metric_fn`
+    pulls it back, ``G(z) = J(z)ᵀ F J(z)``, without forming ``F``. A user's
+    Poisson decoder returning log-rates ``η`` (``λ = exp η``, Fisher
+    ``diag(λ)`` in η)::
+
+        @aet.geometry.fisher_information.register(PoissonDecoder)
+        def _(decoder, dec_out):
+            rate = jnp.exp(dec_out)
+            return lambda v: rate * v
+
+    Args:
+        decoder: the decoder module (dispatch is on its type).
+        dec_out: its output at one latent point.
+
+    Returns:
+        The function ``v ↦ F v`` (same pytree structure in and out).
+    """
+
+
+@fisher_information.register(BernoulliDecoder)
+def _bernoulli_fisher(decoder: BernoulliDecoder, dec_out: BernoulliParams) -> Callable[[Any], Any]:
+    # in the logits l: F = diag(p (1 − p)) = diag(σ(l) σ(−l)) (stable for any l)
+    w = jax.nn.sigmoid(dec_out.logits) * jax.nn.sigmoid(-dec_out.logits)
+    return lambda v: BernoulliParams(w * v.logits)
+
+
+@fisher_information.register(CategoricalDecoder)
+def _categorical_fisher(decoder: CategoricalDecoder, dec_out: CategoricalParams) -> Callable[[Any], Any]:
+    # in the logits of each group (last axis): F = diag(p) − p pᵀ, so F v = p ⊙ (v − pᵀv)
+    p = jax.nn.softmax(dec_out.logits, axis=-1)
+    return lambda v: CategoricalParams(p * (v.logits - jnp.sum(p * v.logits, axis=-1, keepdims=True)))
+
+
+@fisher_information.register(JointGaussianLogDecoder)
+@fisher_information.register(SplitGaussianLogDecoder)
+def _gaussian_log_fisher(decoder: nn.Module, dec_out: GaussianLogParams) -> Callable[[Any], Any]:
+    # in (μ, log σ): F = diag(1/σ², 2)
+    prec = jnp.exp(-2.0 * dec_out.logsigma)
+    return lambda v: GaussianLogParams(prec * v.mu, 2.0 * v.logsigma)
+
+
+@fisher_information.register(SimpleGaussianDecoder)
+@fisher_information.register(JointGaussianDecoder)
+@fisher_information.register(SplitGaussianDecoder)
+def _gaussian_fisher(decoder: nn.Module, dec_out: GaussianParams) -> Callable[[Any], Any]:
+    # in (μ, σ): F = diag(1/σ², 2/σ²); a constant σ (SimpleGaussianDecoder) has J_σ = 0
+    prec = 1.0 / jnp.square(dec_out.sigma)
+    return lambda v: GaussianParams(prec * v.mu, 2.0 * prec * v.sigma)
+
+
+@fisher_information.register(Decoder)
+def _deterministic_fisher(decoder: Decoder, dec_out: jax.Array) -> Callable[[Any], Any]:
+    # a deterministic decoder read as N(x; x̂, I), as by its log-likelihood: F = I
+    return lambda v: v
+
+
+def fisher_pullback(fisher: Callable[[Any], Any], params_fn: Callable[[jax.Array], Any], z: jax.Array) -> jax.Array:
+    """``G(z) = J(z)ᵀ F J(z)`` for one point ``z`` ``(d,)``, without forming ``F`` or ``J`` densely in data space.
+
+    Args:
+        fisher: ``θ ↦ (v ↦ F(θ) v)``, the Fisher–vector product at parameters θ.
+        params_fn: ``z ↦ θ`` (a pytree of arrays with ``m`` entries in all).
+        z: one latent point ``(d,)``.
+
+    Returns:
+        ``(d, d)``: ``G_ij = ⟨J e_i, F J e_j⟩``. ``J`` comes from ``d`` forward-mode
+        products (``jax.linearize``), so the cost is ``d`` passes of the decoder plus
+        ``d`` Fisher–vector products, memory ``O(m d)``.
+    """
+    theta, push = jax.linearize(params_fn, z)
+    d = z.shape[0]
+    cols = jax.vmap(push, out_axes=-1)(jnp.eye(d, dtype=z.dtype))  # leaves (*leaf, d)
+    fcols = jax.vmap(fisher(theta), in_axes=-1, out_axes=-1)(cols)
+    G = sum(
+        jnp.matmul(a.reshape(-1, d).T, b.reshape(-1, d), precision=_HI)
+        for a, b in zip(jax.tree_util.tree_leaves(cols), jax.tree_util.tree_leaves(fcols))
+    )
+    return _sym(G)
+
+
+def _registered(fn: Any, decoder: nn.Module) -> bool:
+    return fn.dispatch(type(decoder)) is not fn.dispatch(object)
+
+
+def fisher_metric_fn(model: nn.Module, variables: Any) -> MetricFn:
+    """Fisher–Rao pullback metric ``G(z) = J(z)ᵀ F J(z)`` of a model's decoder.
+
+    ``J`` is the Jacobian of the decoder's distribution parameters at ``z`` and
+    ``F`` their Fisher information (:func:`fisher_information`, dispatched on
+    the decoder's type): Bernoulli ``J_lᵀ diag(p(1−p)) J_l`` in the logits;
+    categorical ``Σ_groups J_lᵀ (diag p − p pᵀ) J_l``; Gaussian
+    ``J_μᵀ diag(σ⁻²) J_μ + 2 J_{log σ}ᵀ J_{log σ}`` (the same metric written in σ
+    as ``+ J_σᵀ diag(2σ⁻²) J_σ``; a fixed σ gives ``J_μᵀJ_μ/σ²``); a deterministic
+    ``Decoder`` ``JᵀJ``. This is the metric of the statistical manifold of the
+    decoder's distributions pulled back to the latent space, parametrisation
+    invariant, and the Hessian of the expected negative log-likelihood
+    ``E_{x∼p(x|z₀)}[−log p(x|z)]`` at ``z = z₀``.
+
+    Args:
+        model: an autoencoder model (with ``decoder`` and ``decode``) or a bare decoder module.
+        variables: the variables ``model`` is applied with.
+
+    Returns:
+        A metric function ``(d,) -> (d, d)`` (``jax.vmap`` it for batches).
+
+    Raises:
+        TypeError: the decoder's type has no registered :func:`fisher_information`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a flax module, got {type(model).__name__}")
+    is_model = hasattr(model, "decoder") and hasattr(model, "decode")
+    decoder = model.decoder if is_model else model
+    if not _registered(fisher_information, decoder):
+        name = type(decoder).__name__
+        raise TypeError(
+            f"fisher_metric_fn: no Fisher information is registered for {name}. Register one with\n"
+            f"    @aet.geometry.fisher_information.register({name})\n"
+            "    def _(decoder, dec_out): return lambda v: ...  # v -> F v"
+        )
+
+    def params_fn(z: jax.Array) -> Any:
+        out = decode(model, variables, z[None]) if is_model else model.apply(variables, z[None])
+        return jax.tree_util.tree_map(lambda a: a[0], out)
+
+    def metric(z: jax.Array) -> jax.Array:
+        return fisher_pullback(lambda theta: fisher_information(decoder, theta), params_fn, z)
+
+    return metric
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def magnification_factor(metric_fn: MetricFn, z: jax.Array, *, batch_size: int = 4096) -> jax.Array:
+    """The magnification factor in log form, ``log √det G(z)``, at each row of ``z``.
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``.
+        z: one point ``(d,)`` or a batch ``(batch, d)``.
+        batch_size: points per ``jax.vmap`` chunk (``jax.lax.map``), bounding memory.
+
+    Returns:
+        A scalar for ``(d,)``, else ``(batch,)``; ``−inf`` where ``G`` is singular.
+    """
+    if not hasattr(z, "ndim") or z.ndim not in (1, 2):
+        raise ValueError(f"`z` must have shape (d,) or (batch, d), got {getattr(z, 'shape', type(z).__name__)}")
+    check_int(batch_size, "batch_size", minimum=1)
+    z = jnp.asarray(z)
+    _check_metric_fn(metric_fn, z.shape[-1], z.dtype)
+    zb = z[None] if z.ndim == 1 else z
+    out = 0.5 * jnp.linalg.slogdet(jax.lax.map(metric_fn, zb, batch_size=min(batch_size, zb.shape[0])))[1]
+    return out[0] if z.ndim == 1 else out
+
+
+def christoffel_symbols(metric_fn: MetricFn, z: jax.Array) -> jax.Array:
+    """Christoffel symbols of the second kind ``Γ[k, i, j] = Γᵏᵢⱼ`` at one point ``z`` ``(d,)``.
+
+    ``Γᵏᵢⱼ = ½ gᵏˡ (∂ᵢ g_{lj} + ∂ⱼ g_{li} − ∂ₗ g_{ij})`` with ``∂G`` from ``jax.jacfwd``.
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``, twice differentiable.
+        z: one latent point ``(d,)``.
+
+    Returns:
+        ``(d, d, d)``.
+    """
+    G, dG = _value_and_jacfwd(metric_fn, z)  # dG[i, j, l] = ∂_l g_ij
+    # lower[l, i, j] = ½ (∂_i g_lj + ∂_j g_li − ∂_l g_ij)
+    lower = 0.5 * (jnp.swapaxes(dG, 1, 2) + dG - jnp.transpose(dG, (2, 0, 1)))
+    return jnp.einsum("kl,lij->kij", jnp.linalg.inv(G), lower, precision=_HI)
+
+
+def _value_and_jacfwd(fn: Callable[[jax.Array], jax.Array], z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    value, push = jax.linearize(fn, z)
+    return value, jax.vmap(push, out_axes=-1)(jnp.eye(z.shape[0], dtype=z.dtype))
+
+
+def ricci_tensor(metric_fn: MetricFn, z: jax.Array) -> jax.Array:
+    """The Ricci tensor ``R_{σν} = Rᵖ_{σρν}`` at one point ``z`` ``(d,)`` → ``(d, d)``.
+
+    Riemann: ``Rᵖ_{σμν} = ∂_μ Γᵖ_{νσ} − ∂_ν Γᵖ_{μσ} + Γᵖ_{μλ} Γˡ_{νσ} − Γᵖ_{νλ} Γˡ_{μσ}``,
+    contracted over ``ρ = μ``; derivatives of ``Γ`` by ``jax.jacfwd``.
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``, twice differentiable.
+        z: one latent point ``(d,)``.
+
+    Returns:
+        ``(d, d)``.
+    """
+    gam, dgam = _value_and_jacfwd(lambda x: christoffel_symbols(metric_fn, x), z)  # dgam[k, i, j, m] = ∂_m Γᵏᵢⱼ
+    return (
+        jnp.einsum("rnsr->sn", dgam)
+        - jnp.einsum("rrsn->sn", dgam)
+        + jnp.einsum("rrl,lns->sn", gam, gam)
+        - jnp.einsum("rnl,lrs->sn", gam, gam)
+    )
+
+
+def scalar_curvature(metric_fn: MetricFn, z: jax.Array) -> jax.Array:
+    """Scalar (Ricci) curvature ``R = g^{σν} R_{σν}`` by automatic differentiation.
+
+    In two dimensions ``R = 2K`` with ``K`` the Gaussian curvature: the Poincaré
+    half-plane ``G = I/y²`` has ``R = −2``, the unit sphere in stereographic
+    coordinates ``G = 4 I/(1 + ‖z‖²)²`` has ``R = +2``, the plane ``0``.
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``, twice differentiable
+            (a ReLU decoder's pullback has zero second derivatives almost everywhere: use smooth activations).
+        z: one point ``(d,)`` or a batch ``(batch, d)`` (``jax.vmap``).
+
+    Returns:
+        A scalar for ``(d,)``, else ``(batch,)``.
+    """
+    if not hasattr(z, "ndim") or z.ndim not in (1, 2):
+        raise ValueError(f"`z` must have shape (d,) or (batch, d), got {getattr(z, 'shape', type(z).__name__)}")
+    z = jnp.asarray(z)
+    _check_metric_fn(metric_fn, z.shape[-1], z.dtype)
+
+    def one(x: jax.Array) -> jax.Array:
+        G = metric_fn(x)
+        return jnp.einsum("sn,sn->", jnp.linalg.inv(G), ricci_tensor(metric_fn, x), precision=_HI)
+
+    return one(z) if z.ndim == 1 else jax.vmap(one)(z)
+
+
+# --------------------------------------------------------------------------- batched geodesics
+
+
+class GeodesicInfo(NamedTuple):
+    """Per-pair diagnostics of :func:`fit_geodesics` (every field ``(n,)``).
+
+    Attributes:
+        length: Riemannian length ``Σ_s √(Δz_sᵀ G(m_s) Δz_s)`` of the fitted polygon.
+        energy: its energy ``(S/2) Σ_s Δz_sᵀ G(m_s) Δz_s`` (``S = n_t − 1`` segments, duration 1).
+        converged: ``grad_norm < tol``.
+        iterations: optimiser steps taken.
+        grad_norm: the final relative gradient ``‖∂E/∂c‖ / E`` in the (dimensionless) curve coefficients.
+        init_length: length of the initial curve (the straight segment or the graph path).
+        graph_init: whether the curve was started from the latent-graph shortest path.
+    """
+
+    length: jax.Array
+    energy: jax.Array
+    converged: jax.Array
+    iterations: jax.Array
+    grad_norm: jax.Array
+    init_length: jax.Array
+    graph_init: jax.Array
+
+
+def _segment_terms(metric_fn: MetricFn, pts: jax.Array) -> jax.Array:
+    """``q_s = Δz_sᵀ G(m_s) Δz_s`` of the polygon ``pts`` ``(n_t, d)`` (midpoint rule), ``(n_t − 1,)``."""
+    delta = pts[1:] - pts[:-1]
+    return _speed_sq(metric_fn, 0.5 * (pts[1:] + pts[:-1]), delta)
+
+
+def _polygon_energy(metric_fn: MetricFn, pts: jax.Array) -> jax.Array:
+    return 0.5 * (pts.shape[0] - 1) * jnp.sum(_segment_terms(metric_fn, pts))
+
+
+def _polygon_length(metric_fn: MetricFn, pts: jax.Array) -> jax.Array:
+    return jnp.sum(_safe_sqrt(_segment_terms(metric_fn, pts)))
+
+
+def _sine_basis(n_t: int, dtype: Any) -> jax.Array:
+    """``B[i, k−1] = sin(kπ t_i)/k`` on ``t_i = i/(n_t − 1)``, ``k = 1 … n_t − 2``; exact zeros at the ends.
+
+    Offsets ``B c`` of a curve leave its ends fixed; the ``1/k`` scaling makes the
+    Euclidean energy's Hessian in ``c`` proportional to the identity (it is
+    diagonal in the discrete sine basis with eigenvalues ∝ k²), so Adam sees a
+    well-conditioned problem at every curve resolution.
+    """
+    t = np.linspace(0.0, 1.0, n_t)[:, None]
+    k = np.arange(1, n_t - 1)[None, :]
+    B = np.sin(np.pi * k * t) / k
+    B[0] = B[-1] = 0.0
+    return jnp.asarray(B, dtype)
+
+
+def _solve_one(metric_fn: MetricFn, base: jax.Array, scale: jax.Array, c0: jax.Array, *, steps: int,
+               learning_rate: float) -> tuple[jax.Array, jax.Array]:
+    """Minimise the polygon energy over offsets ``scale · B c`` of ``base`` ``(n_t, d)``; returns (curve, grad_norm)."""
+    basis = _sine_basis(base.shape[0], base.dtype)
+    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
+
+    def energy(c: jax.Array) -> jax.Array:
+        return _polygon_energy(metric_fn, base + scale * jnp.matmul(basis, c, precision=_HI))
+
+    def step(carry: tuple[jax.Array, Any], _: Any) -> tuple[tuple[jax.Array, Any], None]:
+        c, state = carry
+        grads = jax.grad(energy)(c)
+        updates, state = optimizer.update(grads, state, c)
+        return (optax.apply_updates(c, updates), state), None
+
+    (c, _), _ = jax.lax.scan(step, (c0, optimizer.init(c0)), None, length=steps)
+    e, g = jax.value_and_grad(energy)(c)
+    curve = base + scale * jnp.matmul(basis, c, precision=_HI)
+    curve = curve.at[0].set(base[0]).at[-1].set(base[-1])  # exact ends
+    return curve, jnp.sqrt(jnp.sum(g**2)) / jnp.maximum(e, jnp.finfo(e.dtype).tiny)
+
+
+def _line(z0: jax.Array, z1: jax.Array, n_t: int) -> jax.Array:
+    t = jnp.linspace(0.0, 1.0, n_t, dtype=z0.dtype)[:, None]
+    return ((1.0 - t) * z0 + t * z1).at[0].set(z0).at[-1].set(z1)
+
+
+def _resample(pts: jax.Array, seg_len: jax.Array, n: int) -> jax.Array:
+    """``n`` points along the polygon ``pts`` ``(m, d)`` evenly spaced in the lengths ``seg_len`` ``(m − 1,)`` of its segments."""
+    cum = jnp.concatenate([jnp.zeros((1,), seg_len.dtype), jnp.cumsum(seg_len)])
+    target = jnp.linspace(0.0, 1.0, n, dtype=pts.dtype) * cum[-1]
+    idx = jnp.clip(jnp.searchsorted(cum, target, side="right") - 1, 0, pts.shape[0] - 2)
+    frac = jnp.where(seg_len[idx] > 0, (target - cum[idx]) / jnp.where(seg_len[idx] > 0, seg_len[idx], 1.0), 0.0)
+    out = pts[idx] + jnp.clip(frac, 0.0, 1.0)[:, None] * (pts[idx + 1] - pts[idx])
+    return out.at[0].set(pts[0]).at[-1].set(pts[-1])
+
+
+def _chord_lengths(metric_fn: MetricFn, a: jax.Array, B: jax.Array, n_sub: int = 4) -> jax.Array:
+    """Lengths ``(k,)`` of the straight segments from ``a`` ``(d,)`` to each row of ``B`` ``(k, d)`` (``n_sub``-cell midpoint rule)."""
+    t = (jnp.arange(n_sub, dtype=a.dtype) + 0.5) / n_sub
+    v = B - a  # (k, d)
+    pts = a + t[:, None, None] * v  # (n_sub, k, d)
+    q = _speed_sq(metric_fn, pts.reshape(-1, a.shape[0]), jnp.tile(v, (n_sub, 1)))
+    return jnp.mean(_safe_sqrt(q).reshape(n_sub, -1), axis=0)
+
+
+def _nearest(X: jax.Array, a: jax.Array, k: int) -> jax.Array:
+    return jax.lax.top_k(-jnp.sum((X - a) ** 2, axis=-1), k)[1]
+
+
+def _knn_graph(metric_fn: MetricFn, X: jax.Array, k: int) -> jax.Array:
+    """Symmetric ``(m, m)`` edge lengths of the k-nearest-neighbour graph of ``X`` ``(m, d)`` (``inf``: no edge)."""
+    m = X.shape[0]
+    d2 = jnp.sum((X[:, None] - X[None]) ** 2, axis=-1) + jnp.diag(jnp.full((m,), jnp.inf, X.dtype))
+    nbr = jax.lax.top_k(-d2, k)[1]  # (m, k)
+    w = jax.vmap(lambda a, nb: _chord_lengths(metric_fn, a, X[nb]))(X, nbr)
+    W = jnp.full((m, m), jnp.inf, X.dtype).at[jnp.arange(m)[:, None], nbr].set(w)
+    W = jnp.minimum(W, W.T)
+    return W.at[jnp.diag_indices(m)].set(0.0)
+
+
+def _floyd_warshall(W: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """All-pairs shortest paths of edge lengths ``W`` ``(m, m)``: distances and next hops ``(m, m)``.
+
+    ``O(m³)`` in one ``lax.fori_loop`` over intermediate nodes; ``nxt[i, j]`` is the node after ``i`` on a
+    shortest path to ``j`` (``−1`` where ``j`` is unreachable).
+    """
+    m = W.shape[0]
+    nxt = jnp.where(jnp.isfinite(W), jnp.arange(m)[None, :], -1)
+
+    def relax(k: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        D, nx = carry
+        via = D[:, k, None] + D[None, k, :]
+        better = via < D
+        return jnp.where(better, via, D), jnp.where(better, nx[:, k, None], nx)
+
+    return jax.lax.fori_loop(0, m, relax, (W, nxt))
+
+
+def _graph_path(metric_fn: MetricFn, X: jax.Array, W: jax.Array, D: jax.Array, nxt: jax.Array, a: jax.Array,
+                b: jax.Array, *, k: int, n_t: int) -> tuple[jax.Array, jax.Array]:
+    """The shortest path ``a → graph → b`` (entering and leaving through ``k`` nearest nodes), resampled to ``n_t``
+    points evenly in length; returns ``(curve (n_t, d), its length)`` (``inf`` when disconnected)."""
+    ia, ib = _nearest(X, a, k), _nearest(X, b, k)
+    wa, wb = _chord_lengths(metric_fn, a, X[ia]), _chord_lengths(metric_fn, b, X[ib])
+    tot = wa[:, None] + D[ia][:, ib] + wb[None, :]
+    p, q = jnp.unravel_index(jnp.argmin(tot), tot.shape)
+    i, j = ia[p], ib[q]
+
+    def hop(cur: jax.Array, _: Any) -> tuple[jax.Array, jax.Array]:
+        new = jnp.where(cur == j, j, jnp.maximum(nxt[cur, j], 0))
+        return new, new
+
+    _, seq = jax.lax.scan(hop, i, None, length=X.shape[0] - 1)
+    nodes = jnp.concatenate([i[None], seq])
+    poly = jnp.concatenate([a[None], X[nodes], b[None]])
+    seg = jnp.concatenate([wa[p][None], W[nodes[:-1], nodes[1:]], wb[q][None]])
+    seg = jnp.where(jnp.isfinite(seg), seg, 0.0)
+    return _resample(poly, seg, n_t), tot[p, q]
+
+
+def _initial_curves(metric_fn: MetricFn, z0s: jax.Array, z1s: jax.Array, graph_points: Optional[jax.Array], *,
+                    n_t: int, n_neighbors: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Straight segments, replaced by the graph's shortest path where that one is shorter: (curves, lengths, used)."""
+    lines = jax.vmap(_line, (0, 0, None))(z0s, z1s, n_t)
+    line_len = jax.vmap(functools.partial(_polygon_length, metric_fn))(lines)
+    if graph_points is None:
+        return lines, line_len, jnp.zeros(line_len.shape, bool)
+    k = min(n_neighbors, graph_points.shape[0] - 1)
+    W = _knn_graph(metric_fn, graph_points, k)
+    D, nxt = _floyd_warshall(W)
+    path = functools.partial(_graph_path, metric_fn, graph_points, W, D, nxt, k=k, n_t=n_t)
+    curves, glen = jax.vmap(path)(z0s, z1s)
+    use = glen < line_len
+    return jnp.where(use[:, None, None], curves, lines), jnp.where(use, glen, line_len), use
+
+
+def _geodesics_impl(metric_fn: MetricFn, z0s: jax.Array, z1s: jax.Array, c0: jax.Array,
+                    graph_points: Optional[jax.Array], *, n_t: int, steps: int, learning_rate: float,
+                    n_neighbors: int, tol: float) -> tuple[jax.Array, GeodesicInfo]:
+    base, init_len, used = _initial_curves(metric_fn, z0s, z1s, graph_points, n_t=n_t, n_neighbors=n_neighbors)
+    scale = jnp.sqrt(jnp.sum((z1s - z0s) ** 2, axis=-1))[:, None, None]
+    solve = functools.partial(_solve_one, metric_fn, steps=steps, learning_rate=learning_rate)
+    curves, gnorm = jax.vmap(solve)(base, scale, c0)
+    info = GeodesicInfo(
+        length=jax.vmap(functools.partial(_polygon_length, metric_fn))(curves),
+        energy=jax.vmap(functools.partial(_polygon_energy, metric_fn))(curves),
+        converged=gnorm < tol,
+        iterations=jnp.full(gnorm.shape, steps, jnp.int32),
+        grad_norm=gnorm,
+        init_length=init_len,
+        graph_init=used,
+    )
+    return curves, info
+
+
+_GEO_STATIC = ("metric_fn", "n_t", "steps", "learning_rate", "n_neighbors", "tol")
+_geodesics_jit = jax.jit(_geodesics_impl, static_argnames=_GEO_STATIC)
+_geodesics_jit_cpu = jax.jit(_geodesics_impl, static_argnames=_GEO_STATIC, compiler_options=_CPU_OPTIONS)
+
+
+def _check_points(z: Any, name: str) -> jax.Array:
+    if isinstance(z, (list, tuple)):
+        z = jnp.asarray(z)
+    if not hasattr(z, "shape") or not hasattr(z, "dtype"):
+        raise TypeError(f"`{name}` must be an array of shape (n, d), got {type(z).__name__}")
+    if not jnp.issubdtype(jnp.dtype(z.dtype), jnp.floating):
+        raise TypeError(f"`{name}` must have a floating dtype, got {z.dtype}")
+    if z.ndim != 2 or z.shape[0] < 1 or z.shape[1] < 1:
+        raise ValueError(f"`{name}` must have shape (n, d) with n, d >= 1, got shape {tuple(z.shape)}")
+    if is_concrete(z) and not bool(np.all(np.isfinite(np.asarray(z)))):
+        raise ValueError(f"`{name}` contains NaN or inf values")
+    return jnp.asarray(z)
+
+
+def fit_geodesics(
+    metric_fn: MetricFn,
+    z_starts: jax.Array,
+    z_ends: jax.Array,
+    key: jax.Array,
+    *,
+    n_t: int = 32,
+    steps: int = 500,
+    learning_rate: float = 0.02,
+    graph_points: Optional[jax.Array] = None,
+    n_neighbors: int = 8,
+    tol: float = 1e-2,
+) -> tuple[jax.Array, GeodesicInfo]:
+    """Geodesics between many pairs of latent points, in one compiled computation.
+
+    Each curve is a polygon of ``n_t`` points with fixed ends whose discrete energy
+    ``E = (S/2) Σ_s Δz_sᵀ G(m_s) Δz_s`` (``S = n_t − 1`` segments, ``m_s`` their
+    midpoints; ``E ≥ L²/2`` with equality at constant speed) is minimised by Adam
+    (step size ``learning_rate`` with a cosine decay to 1 % of it) for ``steps``
+    steps inside one ``lax.scan``, ``jax.vmap``-ed over the pairs. The interior
+    points are offsets ``|z₁ − z₀| · B c`` of an initial curve in a sine basis
+    (``B[i, k] = sin(kπ t_i)/k``), which keeps the ends exact and conditions the
+    problem like a Newton step on the Euclidean energy. The initial curve is the
+    straight segment, or, with ``graph_points``, the shortest path through the
+    k-nearest-neighbour graph of those points (edge lengths under the metric;
+    all-pairs Floyd–Warshall in ``lax.fori_loop``, ``O(m³)``: meant for up to a
+    few thousand points) wherever that path is shorter than the straight segment.
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``.
+        z_starts: start points ``(n, d)``.
+        z_ends: end points ``(n, d)``.
+        key: a PRNG key; draws a tiny perturbation (1e-4) of the initial coefficients,
+            enough to leave a straight line that is a saddle of the energy.
+        n_t: points per curve (≥ 3).
+        steps: Adam steps (≥ 1).
+        learning_rate: Adam's initial step size, in units of ``|z₁ − z₀|``.
+        graph_points: optional ``(m, d)`` points (e.g. a data set's latent codes) whose graph initialises the curves.
+        n_neighbors: neighbours per node of that graph (and graph nodes the ends connect to).
+        tol: ``converged`` is ``grad_norm < tol``.
+
+    Returns:
+        ``(curves, info)``: ``curves`` ``(n, n_t, d)`` with ``curves[:, 0] = z_starts`` and
+        ``curves[:, -1] = z_ends`` exactly; ``info`` a :class:`GeodesicInfo` of ``(n,)`` arrays.
+    """
+    z0s, z1s = _check_points(z_starts, "z_starts"), _check_points(z_ends, "z_ends")
+    if z0s.shape != z1s.shape:
+        raise ValueError(f"`z_starts` and `z_ends` must have the same shape, got {z0s.shape} and {z1s.shape}")
+    dtype = jnp.result_type(z0s, z1s)
+    z0s, z1s = z0s.astype(dtype), z1s.astype(dtype)
+    check_key(key)
+    check_int(n_t, "n_t", minimum=3)
+    check_int(steps, "steps", minimum=1)
+    check_int(n_neighbors, "n_neighbors", minimum=1)
+    check_scalar(learning_rate, "learning_rate", positive=True)
+    check_scalar(tol, "tol", positive=True)
+    learning_rate, tol = float(learning_rate), float(tol)
+    _check_metric_fn(metric_fn, z0s.shape[1], dtype)
+    if graph_points is not None:
+        graph_points = _check_points(graph_points, "graph_points").astype(dtype)
+        if graph_points.shape[1] != z0s.shape[1] or graph_points.shape[0] < 2:
+            raise ValueError(f"`graph_points` must have shape (m, {z0s.shape[1]}) with m >= 2, got {graph_points.shape}")
+    c0 = 1e-4 * jax.random.normal(key, (z0s.shape[0], int(n_t) - 2, z0s.shape[1]), dtype)
+    kw = dict(n_t=int(n_t), steps=int(steps), learning_rate=learning_rate, n_neighbors=int(n_neighbors), tol=tol)
+    on_cpu = jax.default_backend() == "cpu"
+    if _hashable(metric_fn):
+        return (_geodesics_jit_cpu if on_cpu else _geodesics_jit)(metric_fn, z0s, z1s, c0, graph_points, **kw)
+    fn = functools.partial(_geodesics_impl, metric_fn, **kw)
+    return jax.jit(fn, compiler_options=_CPU_OPTIONS if on_cpu else None)(z0s, z1s, c0, graph_points)
+
+
+def distance_matrix(metric_fn: MetricFn, z: jax.Array, key: jax.Array, **opts: Any) -> jax.Array:
+    """Geodesic distances between all pairs of the rows of ``z`` ``(n, d)``.
+
+    Solves the ``n(n − 1)/2`` pairs ``i < j`` in one :func:`fit_geodesics` call, with the
+    points themselves as the initialising graph unless ``graph_points`` is given.
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``.
+        z: the points ``(n, d)``, n ≥ 2.
+        key: a PRNG key.
+        **opts: keywords of :func:`fit_geodesics` (``n_t``, ``steps``, ``graph_points``, …).
+
+    Returns:
+        ``(n, n)``: symmetric, zero diagonal, ``D[i, j]`` the fitted geodesic's length.
+    """
+    z = _check_points(z, "z")
+    if z.shape[0] < 2:
+        raise ValueError(f"`z` must hold at least two points, got shape {tuple(z.shape)}")
+    n = z.shape[0]
+    i, j = np.triu_indices(n, k=1)
+    opts.setdefault("graph_points", z)
+    _, info = fit_geodesics(metric_fn, z[i], z[j], key, **opts)
+    D = jnp.zeros((n, n), info.length.dtype).at[i, j].set(info.length)
+    return D + D.T
+
+
+def interpolate(metric_fn: MetricFn, z0: jax.Array, z1: jax.Array, n: int, key: jax.Array, **opts: Any) -> jax.Array:
+    """``n`` points from ``z0`` to ``z1`` ``(d,)`` along the geodesic, evenly spaced in arc length.
+
+    Fits one geodesic (:func:`fit_geodesics`, ``n_t`` defaulting to ``max(64, 4n)``) and
+    resamples the polygon at equal fractions of its Riemannian length (linear within a segment).
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``.
+        z0: the first point ``(d,)``.
+        z1: the last point ``(d,)``.
+        n: number of points (≥ 2), both ends included.
+        key: a PRNG key.
+        **opts: keywords of :func:`fit_geodesics`.
+
+    Returns:
+        ``(n, d)``; row 0 is ``z0`` and row ``n − 1`` is ``z1`` exactly.
+    """
+    z0, z1 = _check_point(z0, "z0"), _check_point(z1, "z1")
+    check_int(n, "n", minimum=2)
+    opts.setdefault("n_t", max(64, 4 * int(n)))
+    curves, _ = fit_geodesics(metric_fn, z0[None], z1[None], key, **opts)
+    pts = curves[0]
+    return _resample(pts, _safe_sqrt(_segment_terms(metric_fn, pts)), int(n))
