@@ -884,13 +884,19 @@ def _solve_one(metric_fn: MetricFn, base: jax.Array, scale: jax.Array, c0: jax.A
     def energy(c: jax.Array) -> jax.Array:
         return _polygon_energy(metric_fn, base + scale * jnp.matmul(basis, c, precision=_HI))
 
-    def step(carry: tuple[jax.Array, Any], _: Any) -> tuple[tuple[jax.Array, Any], None]:
-        c, state = carry
-        grads = jax.grad(energy)(c)
-        updates, state = optimizer.update(grads, state, c)
-        return (optax.apply_updates(c, updates), state), None
+    def step(carry: tuple[jax.Array, jax.Array, jax.Array, Any], _: Any) -> tuple[tuple, None]:
+        # a step that leaves the metric's domain (a non-finite energy) is undone and the step size halved
+        c, good, damp, state = carry
+        e, grads = jax.value_and_grad(energy)(c)
+        ok = jnp.isfinite(e) & jnp.all(jnp.isfinite(grads))
+        c, damp = jnp.where(ok, c, good), jnp.where(ok, damp, 0.5 * damp)
+        grads = jnp.where(ok, grads, 0.0)
+        updates, new_state = optimizer.update(grads, state, c)
+        state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+        return (c + damp * updates, c, damp, state), None
 
-    (c, _), _ = jax.lax.scan(step, (c0, optimizer.init(c0)), None, length=steps)
+    one = jnp.ones((), base.dtype)
+    (c, _, _, _), _ = jax.lax.scan(step, (c0, c0, one, optimizer.init(c0)), None, length=steps)
     e, g = jax.value_and_grad(energy)(c)
     curve = base + scale * jnp.matmul(basis, c, precision=_HI)
     curve = curve.at[0].set(base[0]).at[-1].set(base[-1])  # exact ends
@@ -1038,10 +1044,10 @@ def fit_geodesics(
     *,
     n_t: int = 32,
     steps: int = 500,
-    learning_rate: float = 0.02,
+    learning_rate: float = 0.05,
     graph_points: Optional[jax.Array] = None,
     n_neighbors: int = 8,
-    tol: float = 1e-2,
+    tol: float = 0.1,
 ) -> tuple[jax.Array, GeodesicInfo]:
     """Geodesics between many pairs of latent points, in one compiled computation.
 
@@ -1069,7 +1075,9 @@ def fit_geodesics(
         learning_rate: Adam's initial step size, in units of ``|z₁ − z₀|``.
         graph_points: optional ``(m, d)`` points (e.g. a data set's latent codes) whose graph initialises the curves.
         n_neighbors: neighbours per node of that graph (and graph nodes the ends connect to).
-        tol: ``converged`` is ``grad_norm < tol``.
+        tol: ``converged`` is ``grad_norm < tol`` (the relative gradient ``‖∂E/∂c‖/E``; on the
+            half-plane, curves under 0.1 had lengths within 0.1 % of the exact distance, unconverged ones
+            after 20 steps had ``grad_norm`` ≈ 1 and errors of 1–6 %).
 
     Returns:
         ``(curves, info)``: ``curves`` ``(n, n_t, d)`` with ``curves[:, 0] = z_starts`` and

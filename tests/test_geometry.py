@@ -18,6 +18,7 @@ from scipy import integrate
 
 import aetk_jax as aet
 from aetk_jax import geometry as geo
+from aetk_jax import geometry_plots as gplots
 
 # Metric functions at module level, so each fit_geodesic program compiles once per module.
 
@@ -420,14 +421,14 @@ def test_bad_inputs_raise_naming_the_argument():
     with pytest.raises(ValueError, match="z_init"):
         geo.NeuralGeodesic((4,), jnp.zeros(2), jnp.zeros(3)).init(key, jnp.linspace(0, 1, 3))
     with pytest.raises(ValueError, match="extent"):
-        geo.metric_volume_grid(euclidean, (1.0, 0.0, 0.0, 1.0))
+        gplots.metric_volume_grid(euclidean, (1.0, 0.0, 0.0, 1.0))
 
 
 # ----------------------------------------------------------------------------- plots
 
 
 def test_metric_volume_grid_matches_closed_form():
-    X, Y, V = geo.metric_volume_grid(poincare, (-1.0, 2.0, 0.5, 3.0), n=40)
+    X, Y, V = gplots.metric_volume_grid(poincare, (-1.0, 2.0, 0.5, 3.0), n=40)
     assert X.shape == Y.shape == V.shape == (40, 40)
     np.testing.assert_allclose(X[0], np.linspace(-1.0, 2.0, 40), rtol=1e-6)
     np.testing.assert_allclose(Y[:, 0], np.linspace(0.5, 3.0, 40), rtol=1e-6)
@@ -444,12 +445,12 @@ def test_plot_latent_metric_writes_a_png(tmp_path):
     geod = np.asarray(_h2_geodesic(0.0, 2.0, -0.9, 0.9)(None, jnp.asarray(t)))
     fig = Figure(figsize=(9, 4))
     axes = fig.subplots(1, 2)
-    mesh = geo.plot_latent_metric(axes[0], poincare, codes, labels=labels, geodesics=[geod], n=60)
+    mesh = gplots.plot_latent_metric(axes[0], poincare, codes, labels=labels, geodesics=[geod], n=60)
     # the heat map shows −2 log y over the codes' padded range
     arr = np.asarray(mesh.get_array()).reshape(60, 60)
     assert np.isclose(arr.max(), -2 * np.log(codes[:, 1].min() - 0.1 * np.ptp(codes[:, 1])), rtol=1e-4)
-    grid = geo.metric_volume_grid(poincare, (-2.0, 2.0, 0.3, 3.0), n=30)
-    geo.plot_latent_metric(axes[1], grid, codes, geodesics=[geod], colorbar=False)
+    grid = gplots.metric_volume_grid(poincare, (-2.0, 2.0, 0.3, 3.0), n=30)
+    gplots.plot_latent_metric(axes[1], grid, codes, geodesics=[geod], colorbar=False)
     path = tmp_path / "metric.png"
     fig.savefig(path, dpi=80)
     assert path.exists() and path.stat().st_size > 20_000
