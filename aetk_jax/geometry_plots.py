@@ -1,8 +1,14 @@
 """Plots of a 2-D latent space under a metric: log volume heat map, codes, geodesics.
 
-matplotlib is imported inside the plotting function only, so importing
-``aetk_jax`` (or this module) never imports it. Also reachable as
-``aet.geometry.metric_volume_grid`` and ``aet.geometry.plot_latent_metric``.
+matplotlib is imported inside the plotting functions only, so importing
+``aetk_jax`` (or this module) never imports it. This is the plotting layer:
+it imports ``aetk_jax.geometry``, never the other way round.
+
+- :func:`metric_volume_grid`: the magnification factor ``log √det G`` on a grid;
+- :func:`plot_latent_metric`: that heat map under the codes, with given curves;
+- :func:`plot_metric_geodesics`: the same with geodesics between class centres
+  fitted by ``aet.geometry.fit_geodesics`` (any metric: a model's
+  ``aet.geometry.fisher_metric_fn``, an RHVAE's ``aet.rhvae.metric_fn``, …).
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .geometry import MetricFn, _check_metric_fn
+from .geometry import MetricFn, _check_metric_fn, fit_geodesics, magnification_factor
 from .validation import check_int
 
 Extent = tuple[float, float, float, float]
@@ -50,10 +56,7 @@ def metric_volume_grid(metric_fn: MetricFn, extent: Extent, n: int = 100, *, bat
     X, Y = np.meshgrid(xs, ys)
     pts = jnp.asarray(np.stack([X.ravel(), Y.ravel()], axis=1), dtype)
 
-    @jax.jit
-    def logvol(z: jax.Array) -> jax.Array:
-        return 0.5 * jnp.linalg.slogdet(jax.lax.map(metric_fn, z, batch_size=batch_size))[1]
-
+    logvol = jax.jit(lambda z: magnification_factor(metric_fn, z, batch_size=batch_size))
     V = np.asarray(logvol(pts)).reshape(n, n)
     return X, Y, V
 
@@ -149,3 +152,79 @@ def plot_latent_metric(
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     return mesh
+
+
+def centre_pairs(z_codes: Any, labels: Optional[Any] = None, n_pairs: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """End points for geodesics: the centres (mean codes) of consecutive labels, or spread-out codes.
+
+    Args:
+        z_codes: codes ``(batch, d)``.
+        labels: optional labels ``(batch,)``; with two or more distinct labels the pairs join
+            the centres of labels ``(u_0, u_1), (u_1, u_2), …`` (``u`` the sorted distinct labels).
+        n_pairs: the most pairs returned.
+
+    Returns:
+        ``(starts, ends)``, each ``(n, d)`` with ``1 ≤ n ≤ n_pairs``.
+    """
+    check_int(n_pairs, "n_pairs", minimum=1)
+    z = np.asarray(z_codes, np.float64)
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"`z_codes` must have shape (batch, d) with batch >= 2, got {z.shape}")
+    if labels is not None and len(np.unique(labels)) > 1:
+        labs = np.asarray(labels)
+        centres = np.stack([z[labs == u].mean(axis=0) for u in np.unique(labs)])
+    else:  # codes in order of their first coordinate, at evenly spaced ranks
+        order = np.argsort(z[:, 0])
+        centres = z[order[np.linspace(0, len(order) - 1, n_pairs + 1).round().astype(int)]]
+    k = min(n_pairs, len(centres) - 1)
+    return centres[:k], centres[1 : k + 1]
+
+
+def plot_metric_geodesics(
+    ax: Any,
+    metric_fn: MetricFn,
+    z_codes: Any,
+    labels: Optional[Any] = None,
+    *,
+    key: jax.Array,
+    n_pairs: int = 3,
+    extent: Optional[Extent] = None,
+    n: int = 100,
+    geodesic_options: Optional[dict] = None,
+    **plot_options: Any,
+) -> tuple[Any, np.ndarray, Any]:
+    """A metric map of a 2-D latent space with fitted geodesics between class centres.
+
+    Fits ``n_pairs`` geodesics between the pairs of :func:`centre_pairs` in one
+    ``aet.geometry.fit_geodesics`` call (initialised from the codes' graph) and
+    draws them with :func:`plot_latent_metric` over the heat map of
+    ``log √det G`` and the codes.
+
+    Args:
+        ax: matplotlib axes.
+        metric_fn: a metric function ``(2,) -> (2, 2)``.
+        z_codes: codes ``(batch, 2)``; they also form the initialising graph
+            (at most 300 of them, evenly strided).
+        labels: optional labels ``(batch,)``.
+        key: a PRNG key for the geodesic fit.
+        n_pairs: number of geodesics.
+        extent: ``(xmin, xmax, ymin, ymax)``; default the codes' range padded by 10 %.
+        n: heat-map resolution (``n × n`` points).
+        geodesic_options: keywords of ``fit_geodesics`` (``n_t``, ``steps``, …; ``graph_points=None``
+            starts from straight lines, cheaper to compile).
+        **plot_options: keywords of :func:`plot_latent_metric` (``cmap``, ``colorbar``, …).
+
+    Returns:
+        ``(mesh, curves, info)``: the heat map's ``QuadMesh``, the curves ``(n_pairs, n_t, 2)``
+        as NumPy, and the fit's ``GeodesicInfo``.
+    """
+    z = np.asarray(z_codes)
+    starts, ends = centre_pairs(z, labels, n_pairs)
+    opts = dict(geodesic_options or {})
+    graph = z[:: max(1, len(z) // 300)]
+    opts.setdefault("graph_points", jnp.asarray(graph, jnp.float32))
+    curves, info = fit_geodesics(metric_fn, jnp.asarray(starts, jnp.float32), jnp.asarray(ends, jnp.float32), key, **opts)
+    curves = np.asarray(curves)
+    mesh = plot_latent_metric(ax, metric_fn, z, labels=labels, geodesics=list(curves), extent=extent, n=n,
+                              **plot_options)
+    return mesh, curves, info
