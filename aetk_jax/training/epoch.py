@@ -7,15 +7,21 @@ over the epoch's good steps. The non-finite and divergence policies act inside
 the scan (no host round-trip): a failed step freezes the state for the rest of
 the epoch, or with ``skip_nonfinite`` is skipped while the learning-rate factor
 of :func:`aet.train.scale_by_lr_factor` is lowered.
+
+``epoch`` (the epoch's index, an ``int32`` array under ``fit``) is passed to a
+step that has an ``epoch`` parameter, hence to every loss that has one
+(:func:`aet.train.with_aux`); as a traced argument it does not recompile the
+scan from one epoch to the next. ``make_evaluator`` passes it the same way.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from .step import LossFn, Metrics, TrainState, Variables, guarded, scale_lr, with_aux
+from .step import LossFn, Metrics, TrainState, Variables, guarded, scale_lr, takes_keyword, with_aux
 
 
 class EpochResult(NamedTuple):
@@ -26,6 +32,16 @@ class EpochResult(NamedTuple):
     bad_step: jax.Array  # index within the epoch of the first non-finite step, or -1
     bad_metrics: Metrics  # the metrics of that step
     ref: Any = None  # the reference loss of the divergence check (NaN until the first good step)
+
+
+def _n_examples(x: Any) -> int:
+    """The number of examples in the data: an array, or a pytree of arrays such as ``(x, c)``."""
+    return jax.tree_util.tree_leaves(x)[0].shape[0]
+
+
+def _take(x: Any, idx: jax.Array) -> Any:
+    """The examples ``idx`` of every array of the data (one permutation for ``x`` and its condition)."""
+    return jax.tree_util.tree_map(lambda a: a[idx], x)
 
 
 def _divergence(metrics: Metrics, ref: jax.Array, factor: float) -> tuple[Metrics, jax.Array]:
@@ -64,12 +80,16 @@ def make_epoch(
     skip_factor: float = 0.5,
     divergence_factor: Optional[float] = None,
 ) -> Callable:
-    """``epoch(state, x, key, ref=None) -> EpochResult``: shuffle, then ``lax.scan`` the step over batches.
+    """``epoch(state, x, key, ref=None, epoch=None) -> EpochResult``: shuffle, then ``lax.scan`` the step.
 
     The last ``len(x) % batch_size`` examples of each shuffled order are
     dropped (a different remainder every epoch), so every batch has the same
     shape and the whole epoch is one compiled computation. By default the
     first non-finite step freezes the state for the rest of the epoch.
+
+    The ``epoch`` argument (the epoch's index, an int or a traced integer) is
+    given to ``step`` as ``step(state, batch, key, epoch)`` when ``step`` has an
+    ``epoch`` parameter (``make_step``'s has), and dropped otherwise.
 
     Args:
         step: ``step(state, batch, key) -> (state, metrics)`` with a ``finite`` metric (``make_step``).
@@ -86,23 +106,25 @@ def make_epoch(
             loss; the result's ``ref`` carries it to the next epoch.
 
     Returns:
-        ``epoch(state, x, key, ref=None) -> EpochResult`` (not jitted).
+        ``epoch(state, x, key, ref=None, epoch=None) -> EpochResult`` (not jitted).
     """
+    takes_epoch = takes_keyword(step, "epoch")
 
-    def epoch(state: TrainState, x: jax.Array, key: jax.Array, ref: Any = None) -> EpochResult:
+    def run_epoch(state: TrainState, x: jax.Array, key: jax.Array, ref: Any = None, epoch: Any = None) -> EpochResult:
+        step_fn = functools.partial(step, epoch=epoch) if takes_epoch and epoch is not None else step
         perm_key, step_key = jax.random.split(key)
-        n_batches = x.shape[0] // batch_size
-        idx = jax.random.permutation(perm_key, x.shape[0])[: n_batches * batch_size]
+        n_batches = _n_examples(x) // batch_size
+        idx = jax.random.permutation(perm_key, _n_examples(x))[: n_batches * batch_size]
         idx = idx.reshape(n_batches, batch_size)
         keys = jax.random.split(step_key, n_batches)
 
         def body(carry, inp):
             state, bad_step, bad_metrics, sums, n_good, i, ref = carry
             batch_idx, k = inp
-            batch = x[batch_idx]
+            batch = _take(x, batch_idx)
             if sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, sharding)
-            new, metrics = step(state, batch, k)
+            new, metrics = step_fn(state, batch, k)
             if divergence_factor is not None:
                 metrics, ref = _divergence(metrics, ref, divergence_factor)
             first_bad = (metrics["finite"] == 0) & (bad_step < 0)
@@ -112,7 +134,7 @@ def make_epoch(
             sums = jax.tree_util.tree_map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
             return (state, bad_step, bad_metrics, sums, n_good + ok, i + 1, ref), None
 
-        metrics_shape = dict(jax.eval_shape(step, state, x[idx[0]], keys[0])[1])
+        metrics_shape = dict(jax.eval_shape(step_fn, state, _take(x, idx[0]), keys[0])[1])
         if divergence_factor is not None:
             metrics_shape["diverged"] = metrics_shape["finite"]
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics_shape)
@@ -124,41 +146,42 @@ def make_epoch(
             means = {**means, "skipped": (n_batches - n_good).astype(jnp.float32)}
         return EpochResult(state, means, bad_step, bad_metrics, ref)
 
-    return epoch
+    return run_epoch
 
 
-def make_evaluator(loss_fn: LossFn, batch_size: int) -> Callable[[Variables, jax.Array, jax.Array], Metrics]:
-    """``evaluate(variables, x, key) -> metrics``: the loss's metrics averaged over ``x``.
+def make_evaluator(loss_fn: LossFn, batch_size: int) -> Callable[..., Metrics]:
+    """``evaluate(variables, x, key, epoch=None) -> metrics``: the loss's metrics averaged over ``x``.
 
-    Runs full batches as one ``lax.map`` and the remainder as one more call.
+    Runs full batches as one ``lax.map`` and the remainder as one more call;
+    ``epoch`` reaches a loss with an ``epoch`` parameter (:func:`aet.train.with_aux`).
 
     Args:
         loss_fn: ``loss_fn(variables, x, key)`` (its aux metrics are averaged too).
         batch_size: examples per call.
 
     Returns:
-        ``evaluate(variables, x, key) -> {metric: mean over x}``.
+        ``evaluate(variables, x, key, epoch=None) -> {metric: mean over x}``.
     """
     loss_aux = with_aux(loss_fn)
 
     @jax.jit
-    def chunked(variables, xb, keys):
-        out = jax.lax.map(lambda a: loss_aux(variables, a[0], a[1])[1], (xb, keys))
+    def chunked(variables, xb, keys, epoch):
+        out = jax.lax.map(lambda a: loss_aux(variables, a[0], a[1], epoch)[1], (xb, keys))
         return jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), out)
 
-    one = jax.jit(lambda variables, xb, key: loss_aux(variables, xb, key)[1])
+    one = jax.jit(lambda variables, xb, key, epoch: loss_aux(variables, xb, key, epoch)[1])
 
-    def evaluate(variables: Variables, x: jax.Array, key: jax.Array) -> Metrics:
-        n = x.shape[0]
+    def evaluate(variables: Variables, x: jax.Array, key: jax.Array, epoch: Any = None) -> Metrics:
+        n = _n_examples(x)
         nb, rem = divmod(n, batch_size)
         keys = jax.random.split(key, nb + 1)
         total: Optional[Metrics] = None
         if nb:
-            xb = x[: nb * batch_size].reshape(nb, batch_size, *x.shape[1:])
-            sums = chunked(variables, xb, keys[:nb])
+            xb = jax.tree_util.tree_map(lambda a: a[: nb * batch_size].reshape(nb, batch_size, *a.shape[1:]), x)
+            sums = chunked(variables, xb, keys[:nb], epoch)
             total = jax.tree_util.tree_map(lambda s: s * batch_size, sums)
         if rem:
-            last = one(variables, x[nb * batch_size :], keys[nb])
+            last = one(variables, jax.tree_util.tree_map(lambda a: a[nb * batch_size :], x), keys[nb], epoch)
             last = jax.tree_util.tree_map(lambda m: m * rem, last)
             total = last if total is None else jax.tree_util.tree_map(jnp.add, total, last)
         return jax.tree_util.tree_map(lambda s: s / n, total)

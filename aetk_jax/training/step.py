@@ -8,6 +8,14 @@ transformation and the top-level parameter group it trains, applied in order
 inside the same step (phase k's loss is evaluated at the parameters phase k−1
 has just updated). ``TrainState.opt_state`` is then ``{phase.name: state}``.
 
+The epoch: a loss with a keyword parameter ``epoch`` (e.g.
+``aet.disentangledbetavae.loss``, whose capacity is annealed over epochs) is
+called with the current epoch. ``step(state, batch, key, epoch)`` passes it
+on; ``fit`` gives every epoch's index as an ``int32`` array, a traced value,
+so the epoch's scan is compiled once for the whole run. Losses without the
+parameter never see it, and ``epoch=None`` (the default) calls every loss as
+``loss_fn(variables, x, key)``.
+
 Training policies are optax-style: the non-finite guard selects the old or
 the new state with ``optax.tree.where``; :func:`scale_by_lr_factor` is a
 ``GradientTransformation`` holding the learning-rate factor that
@@ -28,7 +36,7 @@ from . import devices
 Variables = Any
 Metrics = dict[str, jax.Array]
 LossFn = Callable[..., Any]
-Step = Callable[["TrainState", jax.Array, jax.Array], tuple["TrainState", Metrics]]
+Step = Callable[..., tuple["TrainState", Metrics]]  # step(state, batch, key[, epoch])
 
 
 class TrainState(NamedTuple):
@@ -128,26 +136,40 @@ def init_state(
     return TrainState(params, opt_state, jnp.zeros((), jnp.int32), rest)
 
 
+def takes_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` has a parameter called ``name`` (``False`` when its signature cannot be read).
+
+    Args:
+        fn: a callable (a function, a ``functools.partial``, a jitted function).
+        name: the parameter's name, e.g. ``"aux"`` or ``"epoch"``.
+
+    Returns:
+        ``True`` when ``name`` is one of ``fn``'s named parameters (``**kwargs`` does not count).
+    """
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def with_aux(loss_fn: LossFn) -> Callable[..., tuple[jax.Array, Metrics]]:
     """Wrap ``loss_fn(variables, x, key)`` so it returns ``(loss, metrics)``.
 
     A loss that accepts ``aux`` is called with ``aux=True``; its metrics dict is
-    kept. Any other loss gives ``{"loss": loss}``.
+    kept. Any other loss gives ``{"loss": loss}``. A loss with an ``epoch``
+    parameter is called with ``epoch=epoch`` when the wrapper gets one.
 
     Args:
-        loss_fn: ``loss_fn(variables, x, key)``, optionally with an ``aux`` keyword.
+        loss_fn: ``loss_fn(variables, x, key)``, optionally with ``aux`` and ``epoch`` keywords.
 
     Returns:
-        ``wrapped(variables, x, key) -> (loss, metrics)`` with ``metrics["loss"]`` the loss.
+        ``wrapped(variables, x, key, epoch=None) -> (loss, metrics)`` with ``metrics["loss"]`` the loss.
     """
-    try:
-        takes_aux = "aux" in inspect.signature(loss_fn).parameters
-    except (TypeError, ValueError):
-        takes_aux = False
-    fn = functools.partial(loss_fn, aux=True) if takes_aux else loss_fn
+    fn = functools.partial(loss_fn, aux=True) if takes_keyword(loss_fn, "aux") else loss_fn
+    takes_epoch = takes_keyword(loss_fn, "epoch")
 
-    def wrapped(variables: Variables, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
-        out = fn(variables, x, key)
+    def wrapped(variables: Variables, x: jax.Array, key: jax.Array, epoch: Any = None) -> tuple[jax.Array, Metrics]:
+        out = fn(variables, x, key) if epoch is None or not takes_epoch else fn(variables, x, key, epoch=epoch)
         if isinstance(out, tuple):
             loss, metrics = out
             return loss, {"loss": loss, **dict(metrics)}
@@ -225,7 +247,7 @@ class _PhaseOut(NamedTuple):
 
 
 def _phase_update(phases: tuple[Phase, ...], axis_name: Optional[str], plain: bool) -> Callable[..., list[_PhaseOut]]:
-    """``run(state, batch, keys) -> [_PhaseOut per phase]``: the phases' updates in order.
+    """``run(state, batch, keys, epoch) -> [_PhaseOut per phase]``: the phases' updates in order.
 
     ``plain``: the single phase of ``make_step(loss_fn, optimizer)``, whose
     optimizer state is ``opt_state`` itself rather than ``opt_state[name]``.
@@ -235,18 +257,18 @@ def _phase_update(phases: tuple[Phase, ...], axis_name: Optional[str], plain: bo
     def grad_fn(phase: Phase) -> Callable:
         loss_aux = with_aux(phase.loss_fn)
 
-        def objective(sub: Any, params: Any, collections: Any, x: jax.Array, key: jax.Array):
-            return loss_aux({**(collections or {}), "params": _merge(phase, claimed, params, sub)}, x, key)
+        def objective(sub: Any, params: Any, collections: Any, x: jax.Array, key: jax.Array, epoch: Any):
+            return loss_aux({**(collections or {}), "params": _merge(phase, claimed, params, sub)}, x, key, epoch)
 
         return jax.value_and_grad(objective, has_aux=True)
 
     grads_of = [grad_fn(p) for p in phases]
 
-    def run(state: TrainState, batch: jax.Array, keys: Sequence[jax.Array]) -> list[_PhaseOut]:
+    def run(state: TrainState, batch: jax.Array, keys: Sequence[jax.Array], epoch: Any = None) -> list[_PhaseOut]:
         params, outs = state.params, []
         for phase, value_and_grad, key in zip(phases, grads_of, keys):
             sub = _select(phase, claimed, params)
-            (loss, metrics), grads = value_and_grad(sub, params, state.collections, batch, key)
+            (loss, metrics), grads = value_and_grad(sub, params, state.collections, batch, key, epoch)
             if axis_name is not None:
                 grads = jax.lax.pmean(grads, axis_name)
             opt_state = state.opt_state if plain else state.opt_state[phase.name]
@@ -278,7 +300,7 @@ def make_step(
     mesh: Any = None,
     phases: Optional[Sequence[Phase]] = None,
 ) -> Step:
-    """One training step: ``step(state, batch, key) -> (state, metrics)``.
+    """One training step: ``step(state, batch, key, epoch=None) -> (state, metrics)``.
 
     Computes the loss and its gradient with respect to ``state.params``,
     applies the optax update, and returns metrics (``loss``, the loss's aux
@@ -290,7 +312,8 @@ def make_step(
     With ``mesh`` (a ``jax.sharding.Mesh``) the batch is split over the
     mesh's first axis (``aet.parallel.batch_sharding``) and the loss is the
     mean over the global batch; a batch size not divisible by that axis
-    raises ``ValueError``.
+    raises ``ValueError``. ``epoch`` (an int or a traced integer) reaches every
+    loss that has an ``epoch`` parameter (:func:`with_aux`).
 
     Args:
         loss_fn: ``loss_fn(variables, x, key)``, a scalar (or ``(loss, metrics)`` with ``aux=True``).
@@ -306,20 +329,20 @@ def make_step(
             ``finite`` covers every phase's loss and gradient.
 
     Returns:
-        ``step(state, batch, key) -> (state, metrics)``.
+        ``step(state, batch, key, epoch=None) -> (state, metrics)``.
     """
     ps, plain = _phases(loss_fn, optimizer, phases), phases is None
     run = _phase_update(ps, axis_name, plain)
     batch_spec = None if mesh is None else devices.batch_sharding(mesh)
 
-    def step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple[TrainState, Metrics]:
+    def step(state: TrainState, batch: jax.Array, key: jax.Array, epoch: Any = None) -> tuple[TrainState, Metrics]:
         if mesh is not None:
             devices.check_batch_size(int(jnp.shape(batch)[0]), mesh, "batch")
             batch = jax.lax.with_sharding_constraint(batch, batch_spec)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         keys = [key] if len(ps) == 1 else list(jax.random.split(key, len(ps)))
-        outs = run(state, batch, keys)
+        outs = run(state, batch, keys, epoch)
         metrics = _step_metrics(ps, outs, axis_name)
         opt_state = outs[0].opt_state if plain else {p.name: o.opt_state for p, o in zip(ps, outs)}
         new = TrainState(outs[-1].params, opt_state, state.step + 1, state.collections)
@@ -339,7 +362,8 @@ class Trainer(NamedTuple):
     """How ``fit`` trains one kind of model.
 
     ``init(variables) -> TrainState``; ``step(state, batch, key) -> (state,
-    metrics)`` (not jitted: ``fit`` compiles it inside the epoch scan);
+    metrics)`` (not jitted: ``fit`` compiles it inside the epoch scan; a step
+    with an ``epoch`` parameter, as ``make_step``'s has, gets the epoch);
     ``end_epoch(state, x) -> state`` runs after every epoch (e.g. RHVAE's
     metric update; :func:`identity_end` by default, which ``fit`` skips).
     """
@@ -360,6 +384,7 @@ __all__ = [
     "Trainer",
     "init_state",
     "with_aux",
+    "takes_keyword",
     "all_finite",
     "guarded",
     "LRScaleState",
