@@ -40,9 +40,50 @@ straight segment up to ~1e-3. :func:`fit_geodesic` minimises the energy (or the
 length) in one jitted ``lax.scan``, on fresh stratified times at every step;
 ``jax.vmap`` over end points fits many at once.
 
-Plots: ``metric_volume_grid`` and ``plot_latent_metric`` live in
-``aetk_jax.geometry_plots`` (matplotlib is imported only when plotting) and are
-reachable from here as ``aet.geometry.metric_volume_grid`` etc.
+Fisher–Rao metrics
+------------------
+:func:`fisher_metric_fn` pulls back the Fisher information of the decoder's
+distribution, ``G(z) = J(z)ᵀ F(θ(z)) J(z)`` with ``θ(z)`` the decoder's output
+(logits, μ and log σ, …) and ``J = ∂θ/∂z``. ``F`` is dispatched on the decoder
+type (:func:`fisher_information`, one registration per decoder, like the
+log-likelihood) and given as a Fisher–vector product, so ``G`` costs ``d``
+forward-mode decoder passes and never a ``D × D`` matrix:
+
+- Bernoulli (logits ``l``): ``F = diag(p(1 − p))``;
+- categorical (logits per group): ``F = diag(p) − p pᵀ``;
+- Gaussian (μ, log σ): ``F = diag(σ⁻², 2)``; (μ, σ): ``diag(σ⁻², 2σ⁻²)``; a
+  fixed σ (``SimpleGaussianDecoder``, σ = 1) gives ``J_μᵀJ_μ/σ²``;
+- a deterministic ``Decoder``, read as ``N(x̂, I)`` like its log-likelihood: ``I``.
+
+``G`` is the Hessian at ``z₀`` of ``z ↦ E_{x∼p(x|z₀)}[−log p(x|z)]``. For a
+Gaussian decoder with learned σ it is the expected metric of Arvanitidis et
+al. (2018) with a factor 2 on the σ term and ``σ⁻²`` on the mean term (their
+``J_μᵀJ_μ + J_σᵀJ_σ``, :func:`expected_pullback_metric`, is not the Fisher
+metric); for Bernoulli and categorical decoders ``JᵀJ`` of the mean
+(:func:`decoder_metric_fn`) weighs every pixel equally where the Fisher metric
+weighs it by its variance ``p(1 − p)``. AutoEncoderToolkit.jl has only the
+Gaussian pullback ``J_μᵀJ_μ``.
+
+Batched geodesics
+-----------------
+:func:`fit_geodesics` solves many pairs in one compiled program: each curve
+is a polygon of ``n_t`` points with fixed ends, its discrete energy
+``E = (S/2) Σ_s Δz_sᵀ G(m_s) Δz_s`` (``S = n_t − 1`` segments, midpoints
+``m_s``) minimised by Adam over sine-basis offsets inside ``lax.scan``, vmapped
+over pairs, started from the straight segment or from a shortest path in a
+k-nearest-neighbour graph of given points (Floyd–Warshall in JAX).
+:func:`distance_matrix` and :func:`interpolate` build on it. :func:`fit_geodesic`
+(the neural curve above) stays the one-pair, continuous-curve solver.
+
+Curvature
+---------
+:func:`christoffel_symbols`, :func:`ricci_tensor` and :func:`scalar_curvature`
+differentiate any metric function twice with ``jax.jacfwd``; in two
+dimensions ``R = 2K`` (Gaussian curvature ``K``). :func:`magnification_factor`
+is ``log √det G``.
+
+Plots live in ``aetk_jax.geometry_plots`` (the plotting layer imports this
+module, never the reverse; matplotlib is imported only when plotting).
 """
 from __future__ import annotations
 
@@ -111,6 +152,8 @@ __all__ = [
     "fit_geodesics",
     "distance_matrix",
     "interpolate",
+    "resample_curve",
+    "polygon_length",
 ]
 
 
@@ -597,13 +640,13 @@ def fisher_information(decoder: nn.Module, dec_out: Any) -> Callable[[Any], Any]
     ``dec_out``, where ``F(θ) = E_{x∼p(x|θ)}[∇_θ log p(x|θ) ∇_θ log p(x|θ)ᵀ]``
     in the parametrisation the decoder outputs. :func:`fisher_metric_fn`
     pulls it back, ``G(z) = J(z)ᵀ F J(z)``, without forming ``F``. A user's
-    Poisson decoder returning log-rates ``η`` (``λ = exp η``, Fisher
+    Poisson decoder returning ``PoissonParams(log_rate)`` (``η = log λ``, Fisher
     ``diag(λ)`` in η)::
 
         @aet.geometry.fisher_information.register(PoissonDecoder)
         def _(decoder, dec_out):
-            rate = jnp.exp(dec_out)
-            return lambda v: rate * v
+            rate = jnp.exp(dec_out.log_rate)
+            return lambda v: PoissonParams(rate * v.log_rate)
 
     Args:
         decoder: the decoder module (dispatch is on its type).
@@ -1156,5 +1199,42 @@ def interpolate(metric_fn: MetricFn, z0: jax.Array, z1: jax.Array, n: int, key: 
     check_int(n, "n", minimum=2)
     opts.setdefault("n_t", max(64, 4 * int(n)))
     curves, _ = fit_geodesics(metric_fn, z0[None], z1[None], key, **opts)
-    pts = curves[0]
-    return _resample(pts, _safe_sqrt(_segment_terms(metric_fn, pts)), int(n))
+    return resample_curve(metric_fn, curves[0], int(n))
+
+
+def polygon_length(metric_fn: MetricFn, curve: jax.Array) -> jax.Array:
+    """Riemannian length ``Σ_s √(Δz_sᵀ G(m_s) Δz_s)`` of a polygon ``(n_t, d)`` (midpoint rule, as :func:`fit_geodesics`).
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``.
+        curve: the polygon's points ``(n_t, d)``, n_t ≥ 2.
+
+    Returns:
+        A scalar; compare a fitted curve's ``info.length`` with a straight polygon's
+        (``jnp.linspace(z0, z1, n_t)``) under the same rule.
+    """
+    curve = _check_points(curve, "curve")
+    _check_metric_fn(metric_fn, curve.shape[1], curve.dtype)
+    return _polygon_length(metric_fn, curve)
+
+
+def resample_curve(metric_fn: MetricFn, curve: jax.Array, n: int) -> jax.Array:
+    """``n`` points along the polygon ``curve`` ``(n_t, d)``, evenly spaced in its Riemannian arc length.
+
+    Segment lengths by the midpoint rule (as in :func:`fit_geodesics`); points are placed
+    linearly within segments. Use it on the curves of :func:`fit_geodesics`.
+
+    Args:
+        metric_fn: a metric function ``(d,) -> (d, d)``.
+        curve: a polygon ``(n_t, d)``, n_t ≥ 2.
+        n: number of points (≥ 2), both ends included.
+
+    Returns:
+        ``(n, d)``; the first and last rows are the curve's ends exactly.
+    """
+    curve = _check_points(curve, "curve")
+    if curve.shape[0] < 2:
+        raise ValueError(f"`curve` must have at least two points, got shape {tuple(curve.shape)}")
+    check_int(n, "n", minimum=2)
+    _check_metric_fn(metric_fn, curve.shape[1], curve.dtype)
+    return _resample(curve, _safe_sqrt(_segment_terms(metric_fn, curve)), int(n))
