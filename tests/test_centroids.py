@@ -99,3 +99,38 @@ def test_locality_sampler_draws_true_nearest_neighbours(rng):
     np.testing.assert_array_equal(pts, x[idx])
     with pytest.raises(ValueError, match="n_secondary"):
         aet.utils.locality_sampler(jnp.asarray(x), jax.random.key(0), 5, 7, 6)
+
+
+def _tiny_rhvae():
+    import flax.linen as nn
+
+    enc = aet.JointGaussianLogEncoder(aet.MLP([8], final_activation=nn.tanh), 2)
+    dec = aet.BernoulliDecoder(aet.MLP([8], final_activation=nn.tanh), 16)
+    return aet.RHVAE(enc, dec, aet.rhvae.MetricNetwork(aet.MLP([8]), 2), 6)
+
+
+def test_rhvae_centroid_selection_uses_the_users_key(rng):
+    """The k-means key comes from the init key (the stored seed) and the step count: fit's
+    end-of-epoch update stores select_centroid_data with centroid_key(variables, step); another
+    seed picks other centroids, the same seed the same ones (no hard-coded PRNGKey(0))."""
+    import functools
+
+    import optax
+
+    model = _tiny_rhvae()
+    x = jnp.asarray(rng.uniform(size=(96, 16)) > 0.5, jnp.float32)
+    seeds = [int(model.init(jax.random.key(k), x[:1])["metric"]["seed"]) for k in (0, 1, 0)]
+    assert seeds[0] == seeds[2] != seeds[1]
+    v = model.init(jax.random.key(0), x[:1])
+    trainer = aet.train.make_trainer(model, functools.partial(aet.rhvae.loss, model), optax.adam(1e-3))
+    state = trainer.init(v)._replace(step=jnp.asarray(2))  # as after two training steps
+    v = jax.jit(trainer.end_epoch)(state, x).variables  # fit's end-of-epoch metric update
+    select = jax.jit(aet.rhvae.select_centroid_data, static_argnums=0)
+    key = aet.rhvae.centroid_key(v, 2)
+    np.testing.assert_array_equal(np.asarray(select(model, v, x, key)), np.asarray(v["metric"]["x"]))
+    picks = {bytes(np.asarray(select(model, {**v, "metric": {**v["metric"], "seed": s}}, x,
+                                     aet.rhvae.centroid_key({"metric": {"seed": s}}, 2))))
+             for s in (seeds[0], seeds[1], seeds[0] + 1)}
+    assert len(picks) == 3  # three seeds, three different choices
+    old = np.asarray(select(model, v, x, jax.random.PRNGKey(0)))
+    assert not np.array_equal(old, np.asarray(v["metric"]["x"]))

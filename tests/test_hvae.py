@@ -529,7 +529,8 @@ def test_check_grads_float64(small):
     key = jax.random.key(2)
     eps = np.array([0.2, 0.15])
     with jax.enable_x64(True):
-        f = lambda params, e, b: hvae.loss(small.model, {"params": params}, small.x64, key, K=3, eps=e, beta0=b)
+        f = jax.jit(lambda params, e, b: hvae.loss(small.model, {"params": params}, small.x64, key, K=3, eps=e,
+                                                  beta0=b))  # the loss is pure: jit it for the many evaluations
         args = (small.v64["params"], eps, np.float64(0.5))
         # central differences with step 1e-5: truncation error ~1e-8 here (5e-7 with the default 1e-4)
         check_grads(f, args, order=1, modes=["rev"], eps=1e-5, atol=1e-6, rtol=1e-6)
@@ -550,7 +551,7 @@ def test_jit_vmap_grad_float32_float64(small):
         v = small.v64 if x64 else small.v
         with jax.enable_x64(x64):
             xsd = np.asarray(xs, dtype)
-            per = np.array([float(f(v, xsd[i], keys[i])) for i in range(3)])
+            per = np.array([float(jax.jit(f)(v, xsd[i], keys[i])) for i in range(3)])
             vm = jax.jit(jax.vmap(f, in_axes=(None, 0, 0)))(v, xsd, keys)
             assert vm.dtype == dtype and vm.shape == (3,)
         np.testing.assert_allclose(np.asarray(vm), per, rtol=1e-10 if x64 else 1e-5)

@@ -38,6 +38,11 @@ def tiny_model(d: int = 2, data_dim: int = 5, n_centroids: int = 4, T: float = 0
     return aet.RHVAE(enc, dec, rhvae.MetricNetwork(body(), d), n_centroids, T, lam)
 
 
+def _jit(fn, model, **kw):
+    """``fn(model, variables, x, key, **kw)`` jitted (the public functions are pure and not jitted)."""
+    return jax.jit(functools.partial(fn, model, **kw))
+
+
 def random_metric(rng, n: int, d: int, scale: float = 1.0):
     c = scale * rng.standard_normal((n, d))
     A = rng.standard_normal((n, d, d))
@@ -308,8 +313,8 @@ def test_elbo_shift_for_schedules_not_ending_at_one(rng, sched, beta_K, scale):
         x = jnp.asarray(np.tile(rng.standard_normal((4, 5)), (500, 1)))
         key = jax.random.key(4)
         kw = dict(eps=1e-9, beta0=0.3, metric_source="stored")
-        ps = rhvae.phase_space(model, v, x, key, tempering=sched, **kw)
-        diff = np.asarray(ps.elbo) - np.asarray(rhvae.elbo(model, v, x, key, **kw))
+        ps = _jit(rhvae.phase_space, model, tempering=sched, **kw)(v, x, key)
+        diff = np.asarray(ps.elbo) - np.asarray(_jit(rhvae.elbo, model, **kw)(v, x, key))
         np.testing.assert_allclose(np.asarray(ps.rhoK), np.asarray(ps.gamma) / math.sqrt(beta_K), atol=1e-6)
         np.testing.assert_allclose(np.asarray(ps.logdet), 0.5 * 2 * math.log(0.3 / beta_K), rtol=1e-12)
     se = diff.std(ddof=1) / math.sqrt(diff.size)
@@ -366,6 +371,8 @@ def test_loss_check_grads_float64(rng):
         def f(p):
             return rhvae.loss(model, {**v, "params": unravel(p)}, x, key, eps=0.02)
 
+        f = jax.jit(f)  # the loss is pure: jit it for the many evaluations
+
         value = f(flat)
         assert value.dtype == jnp.float64 and np.isfinite(float(value))
         check_grads(f, (flat,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
@@ -378,7 +385,7 @@ def test_loss_vmap_jit_and_metric_sources(rng):
         x = jnp.asarray(rng.standard_normal((3, 4, 5)))  # 3 batches of 4
         keys = jax.random.split(jax.random.key(1), 3)
         loss = functools.partial(rhvae.loss, model, eps=0.02)
-        eager = jnp.stack([loss(v, x[i], keys[i]) for i in range(3)])  # each call: the loss's own jit
+        eager = jnp.stack([jax.jit(loss)(v, x[i], keys[i]) for i in range(3)])  # one jit per batch
         batched = jax.jit(jax.vmap(lambda xb, k: loss(v, xb, k)))(x, keys)  # vmap inside an outer jit
         np.testing.assert_allclose(np.asarray(batched), np.asarray(eager), rtol=1e-12)
         # when the stored centroid data is the batch itself, the Julia way ("centroids":
@@ -572,16 +579,16 @@ def test_non_convergent_fixed_points_give_nan_and_are_reported(rng):
         model, v, x = _divergent_setting(rng)
         key = jax.random.key(3)
         kw = dict(eps=0.05, metric_source="stored")
-        ps = rhvae.phase_space(model, v, x, key, **kw)
+        ps = _jit(rhvae.phase_space, model, **kw)(v, x, key)
         res = np.asarray(ps.fixed_point_residual)
         assert np.any(res > 0.5), res  # the iteration does not contract
-        elbo = np.asarray(rhvae.elbo(model, v, x, key, **kw))
+        elbo = np.asarray(_jit(rhvae.elbo, model, **kw)(v, x, key))
         np.testing.assert_array_equal(np.isnan(elbo), res > 0.5)  # NaN exactly where unconverged
-        value, m = rhvae.loss(model, v, x, key, aux=True, **kw)
+        value, m = _jit(rhvae.loss, model, aux=True, **kw)(v, x, key)
         assert np.isnan(float(value)) and float(m["converged"]) == 0.0
         assert float(m["fixed_point_residual"]) == pytest.approx(float(res.max()))
         # a small ε converges
-        value, m = rhvae.loss(model, v, x, key, aux=True, eps=1e-6, metric_source="stored")
+        value, m = _jit(rhvae.loss, model, aux=True, eps=1e-6, metric_source="stored")(v, x, key)
         assert np.isfinite(float(value)) and float(m["converged"]) == 1.0 and float(m["fixed_point_residual"]) < 1e-6
 
 
@@ -645,12 +652,12 @@ def test_a_step_with_residual_above_the_default_tolerance_is_flagged(rng):
         model, v, x, _, _ = _strong_metric_setting(rng, n=16)
         key = jax.random.key(1)
         kw = dict(eps=0.01, n_fixed_point=2, metric_source="stored")
-        res = np.asarray(rhvae.phase_space(model, v, x, key, **kw).fixed_point_residual)
+        res = np.asarray(_jit(rhvae.phase_space, model, **kw)(v, x, key).fixed_point_residual)
         flagged = res > rhvae.FIXED_POINT_TOL
         assert np.any(flagged & (res < 0.5)) and np.any(~flagged), res
-        elbo = np.asarray(rhvae.elbo(model, v, x, key, **kw))
+        elbo = np.asarray(_jit(rhvae.elbo, model, **kw)(v, x, key))
         np.testing.assert_array_equal(np.isnan(elbo), flagged)
-        value, m = rhvae.loss(model, v, x, key, aux=True, **kw)
+        value, m = _jit(rhvae.loss, model, aux=True, **kw)(v, x, key)
         assert np.isnan(float(value)) and float(m["converged"]) == 0.0
         assert float(m["fixed_point_residual"]) == pytest.approx(float(res.max()))
 
@@ -672,8 +679,8 @@ def test_detached_flow_gradient(rng):
         v, x = f64_variables(model, rng)
         key = jax.random.key(5)
         kw = dict(eps=0.05, K=2)
-        full = lambda p: rhvae.loss(model, {**v, "params": p}, x, key, **kw)  # noqa: E731
-        det = lambda p: rhvae.loss(model, {**v, "params": p}, x, key, flow_gradient="detached", **kw)  # noqa: E731
+        full = jax.jit(lambda p: rhvae.loss(model, {**v, "params": p}, x, key, **kw))
+        det = jax.jit(lambda p: rhvae.loss(model, {**v, "params": p}, x, key, flow_gradient="detached", **kw))
         assert float(det(v["params"])) == pytest.approx(float(full(v["params"])), rel=1e-13)
         zK = rhvae.phase_space(model, v, x, key, **kw).zK
 
