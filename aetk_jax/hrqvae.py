@@ -1,0 +1,121 @@
+"""HRQ-VAE: hierarchical residual quantisation (Hosking, Tang & Lapata 2022).
+
+The encoding z_e ``(B, *positions, D)`` is quantised by L codebooks e^1, …, e^L
+(L = ``n_levels``, K = ``n_embeddings`` codes each), level l quantising what the
+levels above it left over,
+
+    r_0 = z_e,   k_l = argmin_k ‖r_{l−1} − e^l_k‖²,   q_l = e^l_{k_l},   r_l = r_{l−1} − q_l,
+
+so a latent is a path (k_1, …, k_L) down a tree of ever finer corrections and
+the decoder sees z_e + sg[Σ_l m_l q_l − z_e] (straight through; m the depth
+dropout mask, below). The quantiser is ``aetk_jax.vqvae.residual_quantise`` (the
+VQ-VAE is its one-level case) and the loss ``aetk_jax.vqvae.objective``:
+
+    loss = (1/B) Σ_b [ ‖x_b − x̂_b‖² + Σ_l ( β_q ‖sg[r_{l−1}] − q_l‖² + β_c ‖r_{l−1} − sg[q_l]‖² )
+                       + w_n · mean_l (max(s·‖q_{l+1}‖/‖q_l‖, 1) − 1)² ],
+
+with r_{l−1} = z_e − sg[Σ_{m<l} q_m], so each codebook learns from its own level
+only and the commitment term of level l is ‖z_e − sg[Σ_{m≤l} q_m]‖² (the residual
+left after l levels). The last term is the paper's norm loss (w_n =
+``norm_loss_weight`` = 0.5, s = ``norm_loss_scale`` = 1.5): a deeper code may be at
+most 1/s as long as the one above it.
+
+Implemented from the paper: the norm loss; the initialisation (the codes of level
+l uniform on the sphere of radius ``init_scale`` · ``init_decay_weight``^{l−1},
+defaults 1 and 0.5 as in pythae); depth dropout (``depth_drop_rate`` = 0.1: during
+the loss every level below the first is dropped with this probability, together
+with all the levels under it). EMA updates and dead-code restarts of
+``aet.VQVAE`` apply level by level (each level's inputs r_{l−1} are its
+encodings). Property (tested): when every codebook contains the zero vector,
+‖r_l‖ ≤ ‖r_{l−1}‖ at every level (the zero code is always a candidate), so the
+residual error falls monotonically with depth; without it a level can increase it.
+
+Departures from the paper and pythae (``pythae.models.HRQVAE``): the codes are
+chosen by the nearest-code rule with straight-through gradients and the VQ-VAE's
+codebook and commitment terms, not by Gumbel-softmax sampling with an
+epoch-dependent temperature and a KL term to the uniform code distribution; the
+first level is never dropped (pythae's mask can drop it, feeding the decoder zero);
+depth dropout is also applied when the loss is evaluated on held-out data (the
+loss has no training flag; pass ``depth_drop_rate=0.0`` for the deterministic
+value). Generation uses the code prior of ``aet.vqvae.fit_code_prior``: a
+first-order Markov chain p(k_1) Π_l p(k_l | k_{l−1}) fitted to the training codes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .base import Variables
+from .validation import check_int, check_scalar
+from .vqvae import VQVAE, objective
+
+
+class HRQVAE(VQVAE):
+    """``HRQVAE(encoder, decoder, n_embeddings=64, n_levels=4)`` (module docstring).
+
+    Attributes:
+        n_embeddings: K ≥ 1 codes per level.
+        n_levels: L ≥ 1 levels of residual quantisation.
+        init_scale: radius > 0 of the first level's initial codes.
+        init_decay_weight: factor > 0 between the radii of successive levels.
+    """
+
+    n_embeddings: int = 64
+    n_levels: int = 4
+    init_scale: float = 1.0
+    init_decay_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_int(self.n_levels, "n_levels", minimum=1)
+        check_scalar(self.init_scale, "init_scale", positive=True)
+        check_scalar(self.init_decay_weight, "init_decay_weight", positive=True)
+        super().__post_init__()
+
+    def codebook_init(self, key: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
+        """Codes uniform on spheres of radii init_scale · init_decay_weight^l, l = 0..L−1."""
+        return sphere_init(key, shape, self.init_scale, self.init_decay_weight)
+
+
+def sphere_init(key: jax.Array, shape: tuple[int, int, int], scale: float, decay: float) -> jax.Array:
+    """Codebooks ``shape`` = (L, K, D) with the codes of level l uniform on the sphere of radius scale · decayˡ.
+
+    Args:
+        key: PRNG key.
+        shape: (L, K, D).
+        scale: the first level's radius.
+        decay: the ratio of successive radii.
+
+    Returns:
+        float32 ``(L, K, D)``.
+    """
+    g = jax.random.normal(key, shape, jnp.float32)
+    radii = scale * decay ** jnp.arange(shape[0], dtype=jnp.float32)
+    return g / jnp.linalg.norm(g, axis=-1, keepdims=True) * radii[:, None, None]
+
+
+def loss(model: HRQVAE, variables: Variables, x: jax.Array, key: Any = None, *,
+         commitment_loss_factor: float = 0.25, quantization_loss_factor: float = 1.0,
+         norm_loss_weight: float = 0.5, norm_loss_scale: float = 1.5, depth_drop_rate: float = 0.1,
+         aux: bool = False) -> Any:
+    """The HRQ-VAE loss (module docstring), a scalar.
+
+    Args:
+        model: an ``HRQVAE``.
+        variables: its variables.
+        x: a batch ``(B, *data_shape)``.
+        key: PRNG key of the depth dropout (required unless ``depth_drop_rate == 0``).
+        commitment_loss_factor: β_c ≥ 0.
+        quantization_loss_factor: β_q ≥ 0 (dropped with EMA codebooks).
+        norm_loss_weight: w_n ≥ 0.
+        norm_loss_scale: s > 0.
+        depth_drop_rate: probability in [0, 1) of dropping a level (and those below it).
+        aux: also return the metrics of ``aet.vqvae.loss`` and ``"norm"``.
+    """
+    return objective(model, variables, x, key, commitment_loss_factor=commitment_loss_factor,
+                     quantization_loss_factor=quantization_loss_factor, norm_loss_weight=norm_loss_weight,
+                     norm_loss_scale=norm_loss_scale, depth_drop_rate=depth_drop_rate, aux=aux)
+
+
+__all__ = ["HRQVAE", "loss", "sphere_init"]

@@ -1,0 +1,337 @@
+"""VQ-VAE and HRQ-VAE: quantisation, straight-through gradients, losses, EMA, restarts, prior, training."""
+from __future__ import annotations
+
+import functools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import aetk_jax as aet
+from aetk_jax import base, hrqvae, vqvae
+from aetk_jax import checkpoint as ckpt
+
+
+def parts(latent=3, hidden=16, data_dim=8):
+    enc = aet.encoders.Encoder(aet.MLP([hidden], final_activation=nn.relu), latent)
+    dec = aet.decoders.Decoder(aet.MLP([hidden], final_activation=nn.relu), data_dim)
+    return enc, dec
+
+
+def with_codebook(model, variables, cb):
+    """``variables`` with the codebooks replaced by ``cb`` ``(L, K, D)``."""
+    if model.use_ema:
+        ema = {"codebook": cb, "cluster_size": jnp.ones(cb.shape[:2]), "embed_sum": cb}
+        return {**variables, vqvae.EMA: {"quantiser": ema}}
+    params = {**variables["params"], "quantiser": {"codebook": cb}}
+    return {**variables, "params": params}
+
+
+def np_nearest(z, cb):
+    d = ((z[:, None, :] - cb[None]) ** 2).sum(-1)
+    return d.argmin(-1), d
+
+
+# --------------------------------------------------------------------------- quantisation and gradients
+
+
+def test_nearest_code_matches_float64_argmin(rng):
+    z = rng.normal(size=(400, 5))
+    cb = rng.normal(size=(37, 5))
+    idx, d = np_nearest(z, cb)
+    gap = np.sort(d, axis=1)[:, 1] - np.sort(d, axis=1)[:, 0]
+    assert gap.min() > 1e-4  # no near-ties: float32 must agree with float64 everywhere
+    got = vqvae.nearest_code(jnp.asarray(z, jnp.float32), jnp.asarray(cb, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(got), idx)
+    np.testing.assert_allclose(vqvae.squared_distances(jnp.asarray(z), jnp.asarray(cb)), d, rtol=1e-4, atol=1e-4)
+
+
+def test_straight_through_gradient_is_the_identity_on_the_encoder_side(rng):
+    z = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+    cb = jnp.asarray(rng.normal(size=(1, 9, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+
+    def f(u):
+        return jnp.sum(jnp.sin(u) * w)
+
+    zq = vqvae.residual_quantise(z, cb).z_q
+    np.testing.assert_allclose(zq, cb[0][np_nearest(np.asarray(z), np.asarray(cb[0]))[0]], atol=1e-6)
+    g_ze = jax.grad(lambda u: f(vqvae.residual_quantise(u, cb).z_q))(z)
+    np.testing.assert_allclose(g_ze, jax.grad(f)(zq), rtol=1e-6)  # = cos(z_q)·w
+    # the decoder path gives the codebook no gradient
+    g_cb = jax.grad(lambda c: f(vqvae.residual_quantise(z, c).z_q))(cb)
+    assert float(jnp.max(jnp.abs(g_cb))) == 0.0
+
+
+def test_codebook_gradient_comes_only_from_the_quantisation_term(rng):
+    enc, dec = parts()
+    model = vqvae.VQVAE(enc, dec, 5)
+    x = jnp.asarray(rng.uniform(size=(12, 8)), jnp.float32)
+    v = model.init(jax.random.key(0), x)
+    cb = jnp.asarray(rng.normal(size=(1, 5, 3)), jnp.float32)
+    v = with_codebook(model, v, cb)
+
+    @jax.jit
+    def grads(qf, cf):
+        return jax.grad(lambda p: vqvae.loss(model, {**v, "params": p}, x, commitment_loss_factor=cf,
+                                             quantization_loss_factor=qf))(v["params"])
+
+    g0, g1, g3 = grads(0.0, 0.25), grads(1.0, 0.25), grads(1.0, 3.0)
+    assert float(jnp.max(jnp.abs(g0["quantiser"]["codebook"]))) == 0.0
+    # d/de_k (1/B) Σ_b ‖sg[z_b] − e_{k_b}‖² = (2/B) Σ_{b: k_b = k} (e_k − z_b)
+    z = np.asarray(vqvae.continuous_codes(model, v, x), np.float64)
+    idx, _ = np_nearest(z, np.asarray(cb[0], np.float64))
+    ref = np.zeros((5, 3))
+    for b, k in enumerate(idx):
+        ref[k] += 2.0 / len(z) * (np.asarray(cb[0], np.float64)[k] - z[b])
+    np.testing.assert_allclose(g1["quantiser"]["codebook"][0], ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g3["quantiser"]["codebook"], g1["quantiser"]["codebook"], rtol=1e-6)  # not commitment
+    for a, b in zip(jax.tree_util.tree_leaves(g0["encoder"]), jax.tree_util.tree_leaves(g1["encoder"])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # the encoder does not see the codebook term
+
+
+def test_loss_terms_and_metrics_against_numpy(rng):
+    enc, dec = parts()
+    model = vqvae.VQVAE(enc, dec, 6)
+    x = jnp.asarray(rng.uniform(size=(10, 8)), jnp.float32)
+    v = model.init(jax.random.key(1), x)
+    cb = jnp.asarray(rng.normal(size=(1, 6, 3)), jnp.float32)
+    v = with_codebook(model, v, cb)
+    value, m = vqvae.loss(model, v, x, commitment_loss_factor=0.3, quantization_loss_factor=0.7, aux=True)
+    z = np.asarray(vqvae.continuous_codes(model, v, x), np.float64)
+    idx, _ = np_nearest(z, np.asarray(cb[0], np.float64))
+    zq = np.asarray(cb[0], np.float64)[idx]
+    x_hat = np.asarray(base.decode(model, v, jnp.asarray(zq, jnp.float32)), np.float64)
+    recon = ((x_hat - np.asarray(x)) ** 2).sum(-1)
+    vq = ((z - zq) ** 2).sum(-1)
+    np.testing.assert_allclose(m["reconstruction"], recon.mean(), rtol=1e-5)
+    np.testing.assert_allclose(m["quantization"], vq.mean(), rtol=1e-5)
+    np.testing.assert_allclose(m["commitment"], vq.mean(), rtol=1e-5)
+    np.testing.assert_allclose(value, (recon + 0.7 * vq + 0.3 * vq).mean(), rtol=1e-5)
+    counts = np.bincount(idx, minlength=6)
+    p = counts[counts > 0] / counts.sum()
+    np.testing.assert_allclose(m["perplexity"], np.exp(-(p * np.log(p)).sum()), rtol=1e-5)
+    assert float(m["codes_used"]) == (counts > 0).sum()
+    np.testing.assert_allclose(m["codebook_usage"], (counts > 0).sum() / 6, rtol=1e-6)
+    # under jit / grad as well
+    jitted = jax.jit(vqvae.loss, static_argnums=0)(model, v, x, commitment_loss_factor=0.3,
+                                                   quantization_loss_factor=0.7)
+    np.testing.assert_allclose(jitted, value, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- EMA and restarts
+
+
+def np_ema(cb, z, steps, decay, eps=1e-5):
+    """Float64 re-implementation of the EMA rule over ``steps`` identical batches ``z`` (N, D)."""
+    k = cb.shape[0]
+    n, s = np.ones(k), cb.copy()
+    for _ in range(steps):
+        idx, _ = np_nearest(z, cb)
+        counts = np.bincount(idx, minlength=k).astype(float)
+        sums = np.zeros_like(cb)
+        np.add.at(sums, idx, z)
+        n = decay * n + (1 - decay) * counts
+        s = decay * s + (1 - decay) * sums
+        tot = n.sum()
+        cb = s / ((n + eps) / (tot + k * eps) * tot)[:, None]
+    return cb, n, s
+
+
+@pytest.mark.parametrize("decay", [0.99, 0.6])
+def test_ema_updates_match_a_float64_reference(rng, decay):
+    enc, dec = parts()
+    model = vqvae.VQVAE(enc, dec, 7, use_ema=True, decay=decay)
+    x = jnp.asarray(rng.uniform(size=(30, 8)), jnp.float32)
+    v = model.init(jax.random.key(2), x)
+    z = np.asarray(vqvae.continuous_codes(model, v, x), np.float64)
+    cb0 = z[rng.choice(len(z), 7, replace=False)] + 0.01 * rng.normal(size=(7, 3))
+    v = with_codebook(model, v, jnp.asarray(cb0, jnp.float32)[None])
+    assert "quantiser" not in v["params"]  # the EMA codebook is not trainable
+    update = jax.jit(functools.partial(vqvae.codebook_update, model))
+    for _ in range(4):
+        params, coll = update(v, v["params"], x, jax.random.key(0))
+        v = {**coll, "params": params}
+    ref_cb, ref_n, ref_s = np_ema(cb0, z, 4, decay)
+    got = v[vqvae.EMA]["quantiser"]
+    np.testing.assert_allclose(got["cluster_size"][0], ref_n, rtol=1e-5)
+    np.testing.assert_allclose(got["embed_sum"][0], ref_s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["codebook"][0], ref_cb, rtol=1e-4, atol=1e-5)
+    assert np.abs(ref_cb - cb0).max() > 1e-3  # the reference moved the codebook
+
+
+def test_dead_codes_restart_from_batch_encodings(rng):
+    enc, dec = parts()
+    for ema in (False, True):
+        model = vqvae.VQVAE(enc, dec, 6, use_ema=ema, restart_after=2)
+        x = jnp.asarray(rng.uniform(size=(16, 8)), jnp.float32)
+        v = model.init(jax.random.key(3), x)
+        z = np.asarray(vqvae.continuous_codes(model, v, x))
+        far = 1e3 * np.ones((4, 3))  # four codes nobody chooses
+        cb = np.concatenate([z[:2], far]).astype(np.float32)
+        v = with_codebook(model, v, jnp.asarray(cb[None]))
+        p1, c1 = vqvae.codebook_update(model, v, v["params"], x, jax.random.key(5))
+        np.testing.assert_array_equal(c1[vqvae.USAGE]["quantiser"]["unused"][0], [0, 0, 1, 1, 1, 1])
+        v1 = {**c1, "params": p1}
+        # one step unused: kept (with EMA moved only by the O(ε) Laplace smoothing)
+        np.testing.assert_allclose(vqvae.codebook(model, v1)[0, 2:], far, rtol=1e-4)
+        p2, c2 = vqvae.codebook_update(model, v1, p1, x, jax.random.key(6))
+        v2 = {**c2, "params": p2}
+        new = np.asarray(vqvae.codebook(model, v2)[0])
+        np.testing.assert_array_equal(c2[vqvae.USAGE]["quantiser"]["unused"][0], 0)
+        for row in new[2:]:  # each dead code is now one of the batch's encodings
+            assert np.min(np.abs(z - row).max(axis=1)) < 1e-6
+        if not ema:
+            np.testing.assert_array_equal(new[:2], cb[:2])
+        else:
+            np.testing.assert_array_equal(c2[vqvae.EMA]["quantiser"]["cluster_size"][0, 2:], 1.0)
+
+
+# --------------------------------------------------------------------------- HRQ
+
+
+def test_residual_levels_never_increase_the_error_when_each_codebook_has_zero(rng):
+    z = jnp.asarray(rng.normal(size=(200, 3)), jnp.float32)
+    cb = rng.normal(size=(5, 8, 3)) * 0.6 ** np.arange(5)[:, None, None]
+    with_zero = jnp.asarray(np.concatenate([np.zeros((5, 1, 3)), cb[:, 1:]], axis=1), jnp.float32)
+    q = vqvae.residual_quantise(z, with_zero)
+    partial = np.cumsum(np.asarray(q.levels), axis=0)  # (L, N, D)
+    errors = np.linalg.norm(np.asarray(z)[None] - partial, axis=-1)  # ‖r_l‖
+    errors = np.concatenate([np.linalg.norm(np.asarray(z), axis=-1)[None], errors])
+    assert np.all(np.diff(errors, axis=0) <= 1e-6)
+    assert np.mean(np.diff(errors, axis=0) < -1e-3) > 0.3  # and the levels do correct
+    # level l quantises the residual of the levels above it (float64 reference)
+    r = np.asarray(z, np.float64)
+    for lvl in range(5):
+        idx, _ = np_nearest(r, np.asarray(with_zero[lvl], np.float64))
+        np.testing.assert_array_equal(np.asarray(q.codes[:, lvl]), idx)
+        r = r - np.asarray(with_zero[lvl], np.float64)[idx]
+    # without a zero code a deeper level can make the error worse: the condition matters
+    q2 = vqvae.residual_quantise(z, jnp.asarray(cb + 3.0, jnp.float32))
+    e2 = np.linalg.norm(np.asarray(z)[None] - np.cumsum(np.asarray(q2.levels), 0), axis=-1)
+    assert np.any(np.diff(e2, axis=0) > 0.1)
+
+
+def test_hrq_init_depth_dropout_and_norm_penalty(rng):
+    cb = hrqvae.sphere_init(jax.random.key(0), (4, 10, 3), 2.0, 0.5)
+    np.testing.assert_allclose(jnp.linalg.norm(cb, axis=-1), np.broadcast_to([[2.0], [1.0], [0.5], [0.25]], (4, 10)),
+                               rtol=1e-5)
+    keep = np.asarray(vqvae.depth_mask(jax.random.key(1), 4, (20000,), 0.3))
+    assert np.all(keep[0] == 1) and np.all(np.diff(keep, axis=0) <= 0)  # level 1 kept, prefixes only
+    np.testing.assert_allclose(keep[1:].mean(axis=1), [0.7, 0.49, 0.343], atol=0.012)
+    levels = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+    n = np.linalg.norm(np.asarray(levels, np.float64), axis=-1)
+    ref = ((np.maximum(n[1:] / n[:-1] * 1.5, 1.0) - 1.0) ** 2).mean(0)
+    np.testing.assert_allclose(vqvae.norm_penalty(levels, 1.5), ref, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the prior and sampling
+
+
+def test_code_prior_counts_and_sampling(rng):
+    codes = jnp.asarray(rng.integers(0, 4, size=(500, 3)), jnp.int32)  # (N, L), one position
+    first, trans = vqvae.code_counts(codes, 4)
+    c = np.asarray(codes)
+    np.testing.assert_array_equal(first, np.bincount(c[:, 0], minlength=4))
+    ref = np.zeros((2, 4, 4))
+    for lvl in range(2):
+        np.add.at(ref[lvl], (c[:, lvl], c[:, lvl + 1]), 1)
+    np.testing.assert_array_equal(trans, ref)
+    # a deterministic chain 2 -> 0 -> 3 is sampled exactly
+    eye = np.eye(4)
+    prior = {"first": jnp.asarray(eye[2]), "transitions": jnp.asarray(np.stack([eye[[1, 1, 0, 1]], eye[[3, 3, 3, 3]]]))}
+    np.testing.assert_array_equal(vqvae.sample_codes(prior, jax.random.key(0), 5), np.tile([2, 0, 3], (5, 1)))
+    lp = vqvae.log_code_prior(prior, jnp.asarray([[2, 0, 3]]))
+    np.testing.assert_allclose(lp, 0.0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _fit(model, loss_fn, x, epochs, **kw):
+    return aet.train.fit(model, loss_fn, x, key=jax.random.key(0), optimizer=optax.adam(3e-3), epochs=epochs,
+                         batch_size=64, progress=False, **kw)
+
+
+def test_vqvae_trains_on_digits_uses_codes_and_samples(digits):
+    train, val = digits
+    x, xv = jnp.asarray(train.x), jnp.asarray(val.x)
+    enc, dec = parts(latent=8, hidden=64, data_dim=64)
+    model = vqvae.VQVAE(enc, dec, 32, use_ema=True, restart_after=20)
+    variables, history = _fit(model, functools.partial(vqvae.loss, model), x, 6)
+    losses = history["train"]["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+    _, m = vqvae.loss(model, variables, xv, aux=True)
+    baseline = float(jnp.mean(jnp.sum((xv - jnp.mean(x, axis=0)) ** 2, axis=-1)))  # the mean image
+    assert float(m["reconstruction"]) < 0.8 * baseline  # 32 codes: a 32-point quantiser of the data
+    assert float(m["codes_used"]) > 1 and float(m["perplexity"]) > 4
+    fitted = vqvae.fit_code_prior(model, variables, x)
+    s = aet.sample(model, fitted, jax.random.key(1), 16)
+    assert s.x.shape == (16, 64) and s.z.shape == (16, 8) and np.all(np.isfinite(s.x))
+    cb = np.asarray(vqvae.codebook(model, fitted)[0])
+    assert all(np.min(np.abs(cb - zi).max(axis=1)) < 1e-6 for zi in np.asarray(s.z))  # draws are codes
+    with pytest.raises(ValueError, match="fit_code_prior"):
+        aet.sample(model, variables, jax.random.key(1), 4)
+
+
+def test_hrqvae_trains_on_digits(digits):
+    train, val = digits
+    x, xv = jnp.asarray(train.x), jnp.asarray(val.x)
+    enc, dec = parts(latent=4, hidden=32, data_dim=64)
+    model = aet.HRQVAE(enc, dec, n_embeddings=16, n_levels=3)
+    variables, history = _fit(model, functools.partial(hrqvae.loss, model), x, 6)
+    losses = history["train"]["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+    _, m = hrqvae.loss(model, variables, xv, depth_drop_rate=0.0, aux=True)
+    baseline = float(jnp.mean(jnp.sum((xv - jnp.mean(x, axis=0)) ** 2, axis=-1)))
+    assert float(m["reconstruction"]) < 0.8 * baseline
+    fitted = vqvae.fit_code_prior(model, variables, x)
+    assert fitted[vqvae.PRIOR]["transitions"].shape == (2, 16, 16)
+    assert aet.sample(model, fitted, jax.random.key(1), 8).x.shape == (8, 64)
+
+
+def test_ema_run_resumes_bit_exactly(digits, tmp_path):
+    x = jnp.asarray(digits[0].x[:256])
+    enc, dec = parts(latent=3, hidden=16, data_dim=64)
+    model = vqvae.VQVAE(enc, dec, 16, use_ema=True, decay=0.9, restart_after=3)
+    loss_fn = functools.partial(vqvae.loss, model)
+    d = str(tmp_path)
+    ref, ref_hist = _fit(model, loss_fn, x, 4, checkpoint_dir=d, keep_checkpoints=100)
+    for e in (2, 3):  # as if the run had been killed after its second epoch
+        os.remove(ckpt.path_for(d, e))
+    resumed, hist = _fit(model, loss_fn, x, 4, checkpoint_dir=d, resume=True, keep_checkpoints=100)
+    assert set(resumed) == {"params", vqvae.EMA, vqvae.USAGE}
+    for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert hist == ref_hist
+    start = model.init(jax.random.split(jax.random.key(0), 3)[0], x[:1])
+    assert not np.allclose(ref[vqvae.EMA]["quantiser"]["codebook"], start[vqvae.EMA]["quantiser"]["codebook"])
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def test_bad_hyper_parameters_raise_naming_the_argument(rng):
+    enc, dec = parts()
+    for kw, name in (({"n_embeddings": 0}, "n_embeddings"), ({"decay": 1.0}, "decay"), ({"decay": -0.1}, "decay"),
+                     ({"restart_after": -1}, "restart_after")):
+        with pytest.raises(ValueError, match=name):
+            vqvae.VQVAE(enc, dec, **kw)
+    with pytest.raises(ValueError, match="n_levels"):
+        aet.HRQVAE(enc, dec, n_levels=0)
+    model = vqvae.VQVAE(enc, dec, 4)
+    x = jnp.asarray(rng.uniform(size=(4, 8)), jnp.float32)
+    v = model.init(jax.random.key(0), x)
+    for kw in ({"commitment_loss_factor": -1.0}, {"quantization_loss_factor": -0.5}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            vqvae.loss(model, v, x, **kw)
+    h = aet.HRQVAE(enc, dec, n_embeddings=4, n_levels=2)
+    hv = h.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="norm_loss_weight"):
+        hrqvae.loss(h, hv, x, jax.random.key(0), norm_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="depth_drop_rate"):
+        hrqvae.loss(h, hv, x, jax.random.key(0), depth_drop_rate=1.0)
