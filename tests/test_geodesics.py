@@ -167,3 +167,33 @@ def test_bad_inputs_raise_naming_the_argument():
         geo.distance_matrix(constant, jnp.zeros((1, 2)), key)
     with pytest.raises(ValueError, match="`n`"):
         geo.interpolate(constant, jnp.zeros(2), jnp.ones(2), 1, key)
+
+
+def test_polygon_length_and_resample_curve():
+    line = jnp.linspace(jnp.asarray([0.0, 1.0]), jnp.asarray([0.0, 3.0]), 40)  # vertical: length log 3
+    length, pts = jax.jit(lambda c: (geo.polygon_length(half_plane, c), geo.resample_curve(half_plane, c, 5)))(line)
+    assert abs(float(length) - np.log(3.0)) < 1e-4
+    pts = np.asarray(pts)
+    np.testing.assert_allclose(pts[:, 1], 3.0 ** np.linspace(0, 1, 5), rtol=1e-3)  # even in hyperbolic length
+    np.testing.assert_array_equal(pts[[0, -1]], np.asarray(line)[[0, -1]])
+
+
+def test_plot_metric_geodesics_joins_class_centres(tmp_path):
+    from matplotlib.figure import Figure
+
+    from aetk_jax import geometry_plots
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    codes = np.stack([rng.normal(labels - 1.0, 0.2), rng.uniform(0.5, 1.5, 120)], 1).astype(np.float32)
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    _, curves, info = geometry_plots.plot_metric_geodesics(ax, half_plane, codes, labels, key=jax.random.key(0),
+                                                           n=30, geodesic_options={"n_t": 12, "steps": 100, "graph_points": None})
+    centres = np.stack([codes[labels == k].mean(0) for k in range(3)])
+    assert curves.shape == (2, 12, 2)
+    np.testing.assert_allclose(curves[:, 0], centres[:2], rtol=1e-6)
+    np.testing.assert_allclose(curves[:, -1], centres[1:], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(info.length), arccosh_distance(centres[:2], centres[1:]), rtol=1e-2)
+    assert len(ax.lines) == 4  # each curve and its end markers
+    fig.savefig(tmp_path / "m.png", dpi=60)

@@ -137,18 +137,22 @@ def test_fisher_metric_of_mlp_decoders_matches_dense_jacobian(name):
     with jax.enable_x64(True):
         dec = make_decoder(name, tanh_mlp)
         v = _init(dec, seed=3)
-        metric = jax.jit(geo.fisher_metric_fn(dec, v))
+        metric = geo.fisher_metric_fn(dec, v)
 
         def flat_params(z):
             out = dec.apply(v, z[None])
             return jnp.concatenate([jnp.ravel(leaf[0]) for leaf in out])
 
-        for z in np.random.default_rng(2).normal(size=(2, D_LAT)):
-            zj = jnp.asarray(z)
-            J = np.asarray(jax.jit(jax.jacfwd(flat_params))(zj))  # (m, d), dense
-            theta = jax.tree_util.tree_map(lambda a: np.asarray(a[0]), dec.apply(v, zj[None]))
-            expected = J.T @ dense_fisher(name, theta) @ J
-            np.testing.assert_allclose(np.asarray(metric(zj)), expected, rtol=1e-10, atol=1e-12)
+        @jax.jit
+        def both(z):  # one compilation: the metric, the dense Jacobian (m, d) and θ at each z
+            return jax.vmap(lambda x: (metric(x), jax.jacfwd(flat_params)(x), dec.apply(v, x[None])))(z)
+
+        zs = jnp.asarray(np.random.default_rng(2).normal(size=(2, D_LAT)))
+        Gs, Js, thetas = both(zs)
+        for i in range(2):
+            theta = jax.tree_util.tree_map(lambda a: np.asarray(a[i, 0]), thetas)
+            J = np.asarray(Js[i])
+            np.testing.assert_allclose(np.asarray(Gs[i]), J.T @ dense_fisher(name, theta) @ J, rtol=1e-10, atol=1e-12)
 
 
 def test_fisher_metric_is_the_hessian_of_the_expected_negative_loglikelihood():
@@ -168,9 +172,8 @@ def test_fisher_metric_is_the_hessian_of_the_expected_negative_loglikelihood():
                 var0 = jnp.exp(2 * out0.logsigma)
                 return jnp.sum(0.5 * (var0 + (out0.mu - out.mu) ** 2) * jnp.exp(-2 * out.logsigma) + out.logsigma)
 
-            H = np.asarray(jax.jit(jax.hessian(expected_nll))(z0))
-            G = np.asarray(jax.jit(geo.fisher_metric_fn(dec, v))(z0))
-            np.testing.assert_allclose(G, H, rtol=1e-9, atol=1e-11)
+            H, G = jax.jit(lambda z: (jax.hessian(expected_nll)(z), geo.fisher_metric_fn(dec, v)(z)))(z0)
+            np.testing.assert_allclose(np.asarray(G), np.asarray(H), rtol=1e-9, atol=1e-11)
 
 
 def test_fisher_metric_of_a_model_equals_that_of_its_decoder():
@@ -179,8 +182,8 @@ def test_fisher_metric_of_a_model_equals_that_of_its_decoder():
     v = model.init(jax.random.key(0), jnp.zeros((1, N_OUT)))
     dec_vars = {"params": v["params"]["decoder"]}
     z = jnp.asarray([0.2, -0.4, 0.9])
-    np.testing.assert_allclose(np.asarray(jax.jit(geo.fisher_metric_fn(model, v))(z)),
-                               np.asarray(jax.jit(geo.fisher_metric_fn(dec, dec_vars))(z)), rtol=1e-6, atol=1e-7)
+    G_model, G_dec = jax.jit(lambda z: (geo.fisher_metric_fn(model, v)(z), geo.fisher_metric_fn(dec, dec_vars)(z)))(z)
+    np.testing.assert_allclose(np.asarray(G_model), np.asarray(G_dec), rtol=1e-6, atol=1e-7)
 
 
 class PoissonDecoder(nn.Module):
@@ -285,3 +288,16 @@ def test_magnification_factor_closed_form_and_fisher_of_a_linear_gaussian():
         np.testing.assert_allclose(mf, 0.5 * np.linalg.slogdet(K @ K.T)[1], rtol=1e-10)
     with pytest.raises(ValueError, match="`z`"):
         geo.magnification_factor(half_plane, jnp.ones((2, 2, 2)))
+
+
+def test_run_plots_writes_the_fisher_metric_map_for_vae_family_models_only(tmp_path):
+    from aetk_jax import builders, run_plots
+
+    z = np.random.default_rng(0).normal(size=(60, 2)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 15)
+    for name, written in (("vae", True), ("ae", False)):
+        recipe = builders.build(name, (16,), hidden=(8,))
+        v = recipe.model.init(jax.random.key(0), jnp.zeros((1, 16)))
+        paths = run_plots.fisher_plots(recipe, v, z, labels, str(tmp_path), jax.random.key(1))
+        assert [p.endswith("fisher_metric.png") for p in paths] == ([True] if written else [])
+    assert (tmp_path / "fisher_metric.png").stat().st_size > 10_000
