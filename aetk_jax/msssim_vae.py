@@ -25,8 +25,8 @@ them (odd sides floored), and combines the map means
 
 the coarsest scale's term being its mean SSIM (the common reading of the paper's
 l_M^{α_M} Π_j cs_j^{β_j} with α_M = β_M). Each term is floored at 10⁻⁶ before the power
-(a negative mean cs, from anticorrelated images, would make a fractional power undefined;
-TensorFlow's ``ssim_multiscale`` clips at 0). Channels: the maps are averaged over them.
+(a negative mean cs, from anticorrelated images, would make a fractional power undefined).
+Channels: the maps are averaged over them.
 
 Number of scales. An image must stay at least ``window_size`` on its smaller side at the
 coarsest scale: M is the largest m ≤ 5 with ⌊min(H, W) / 2^{m−1}⌋ ≥ ``window_size``
