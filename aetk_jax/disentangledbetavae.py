@@ -105,7 +105,7 @@ def loss(
 def elbo(
     model: AutoEncoderModel, variables: Variables, x: jax.Array, key: jax.Array, *, n_samples: int = 1
 ) -> jax.Array:
-    """Per-example ELBO log p(x|z) − KL, ``(B,)`` — the VAE's (``aet.vae.elbo``); the capacity only reshapes training.
+    """Per-example ELBO log p(x|z) − KL, ``(B,)``: the VAE's (``aet.vae.elbo``); the capacity only shapes training.
 
     Args:
         model: the model.
