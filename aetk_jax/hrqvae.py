@@ -11,7 +11,8 @@ the decoder sees z_e + sg[Σ_l m_l q_l − z_e] (straight through; m the depth
 dropout mask, below). The quantiser is ``aetk_jax.vqvae.residual_quantise`` (the
 VQ-VAE is its one-level case) and the loss ``aetk_jax.vqvae.objective``:
 
-    loss = (1/B) Σ_b [ ‖x_b − x̂_b‖² + Σ_l ( β_q ‖sg[r_{l−1}] − q_l‖² + β_c ‖r_{l−1} − sg[q_l]‖² )
+    loss = (1/B) Σ_b [ ‖x_b − x̂_b‖²
+                       + Σ_l ( β_q ‖sg[r_{l−1}] − q_l‖² + β_c ‖r_{l−1} − sg[q_l]‖² )
                        + w_n · mean_l (max(s·‖q_{l+1}‖/‖q_l‖, 1) − 1)² ],
 
 with r_{l−1} = z_e − sg[Σ_{m<l} q_m], so each codebook learns from its own level
@@ -74,7 +75,15 @@ class HRQVAE(VQVAE):
         super().__post_init__()
 
     def codebook_init(self, key: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
-        """Codes uniform on spheres of radii init_scale · init_decay_weight^l, l = 0..L−1."""
+        """Codes uniform on spheres of radii init_scale · init_decay_weight^l, l = 0..L−1.
+
+        Args:
+            key: PRNG key.
+            shape: (L, K, D).
+
+        Returns:
+            float32 ``shape``.
+        """
         return sphere_init(key, shape, self.init_scale, self.init_decay_weight)
 
 

@@ -161,7 +161,15 @@ class VQVAE(AutoEncoderModel):
         super().__post_init__()
 
     def codebook_init(self, key: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
-        """The initial codebooks (pythae's uniform (−1/K, 1/K))."""
+        """The initial codebooks (pythae's uniform (−1/K, 1/K)).
+
+        Args:
+            key: PRNG key.
+            shape: (L, K, D).
+
+        Returns:
+            float32 ``shape``.
+        """
         return _uniform_init(key, shape)
 
     def setup(self) -> None:
@@ -169,7 +177,11 @@ class VQVAE(AutoEncoderModel):
                                   bool(self.use_ema), int(self.restart_after) > 0, self.codebook_init)
 
     def encode_continuous(self, x: jax.Array) -> jax.Array:
-        """z_e(x) ``(B, *positions, D)`` (a Gaussian encoder is used by its mean)."""
+        """z_e(x) ``(B, *positions, D)`` (a Gaussian encoder is used by its mean).
+
+        Args:
+            x: a batch ``(B, *data_shape)``.
+        """
         return encoder_mean(self.encoder, self.encoder(x))
 
     def codebooks(self) -> jax.Array:
@@ -177,7 +189,11 @@ class VQVAE(AutoEncoderModel):
         return self.quantiser()
 
     def encode(self, x: jax.Array) -> jax.Array:
-        """The quantised code the decoder sees (straight-through), ``(B, *positions, D)``."""
+        """The quantised code the decoder sees (straight-through), ``(B, *positions, D)``.
+
+        Args:
+            x: a batch ``(B, *data_shape)``.
+        """
         return residual_quantise(self.encode_continuous(x), self.quantiser()).z_q
 
     def __call__(self, x: jax.Array) -> Any:
@@ -188,18 +204,42 @@ class VQVAE(AutoEncoderModel):
 
 
 def squared_distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
-    """‖z_n − e_k‖² = ‖z_n‖² + ‖e_k‖² − 2 z_n·e_k for ``z`` ``(..., D)``, ``codebook`` ``(K, D)``: ``(..., K)``."""
+    """‖z_n − e_k‖² = ‖z_n‖² + ‖e_k‖² − 2 z_n·e_k.
+
+    Args:
+        z: vectors ``(..., D)``.
+        codebook: codes ``(K, D)``.
+
+    Returns:
+        ``(..., K)``.
+    """
     cross = jnp.einsum("...d,kd->...k", z, codebook, precision=jax.lax.Precision.HIGHEST)
     return jnp.sum(z**2, axis=-1, keepdims=True) + jnp.sum(codebook**2, axis=-1) - 2.0 * cross
 
 
 def nearest_code(z: jax.Array, codebook: jax.Array) -> jax.Array:
-    """argmin_k ‖z − e_k‖² for each vector of ``z`` ``(..., D)``: int32 ``(...)``."""
+    """argmin_k ‖z − e_k‖² for each vector of ``z``.
+
+    Args:
+        z: vectors ``(..., D)``.
+        codebook: codes ``(K, D)``.
+
+    Returns:
+        int32 indices ``(...)``.
+    """
     return jnp.argmin(squared_distances(z, codebook), axis=-1).astype(jnp.int32)
 
 
 def straight_through(z: jax.Array, q: jax.Array) -> jax.Array:
-    """z + sg[q − z]: the value of ``q`` with the identity as its gradient with respect to ``z``."""
+    """z + sg[q − z]: the value of ``q`` with the identity as its gradient with respect to ``z``.
+
+    Args:
+        z: the encodings.
+        q: their quantised values (same shape).
+
+    Returns:
+        The straight-through array.
+    """
     return z + jax.lax.stop_gradient(q - z)
 
 
@@ -246,19 +286,46 @@ def residual_quantise(z: jax.Array, codebooks: jax.Array, keep: Optional[jax.Arr
 
 
 def codebook(model: VQVAE, variables: Variables) -> jax.Array:
-    """The model's codebooks ``(n_levels, K, D)`` (from ``params`` or, with EMA, ``"vq_ema"``)."""
+    """The model's codebooks (from ``params`` or, with EMA, ``"vq_ema"``).
+
+    Args:
+        model: a ``VQVAE`` / ``HRQVAE``.
+        variables: its variables.
+
+    Returns:
+        ``(n_levels, K, D)``.
+    """
     if model.use_ema:
         return variables[EMA][_QUANTISER]["codebook"]
     return variables["params"][_QUANTISER]["codebook"]
 
 
 def continuous_codes(model: VQVAE, variables: Variables, x: jax.Array) -> jax.Array:
-    """z_e(x) ``(B, *positions, D)``, before quantisation."""
+    """z_e(x) before quantisation.
+
+    Args:
+        model: a ``VQVAE`` / ``HRQVAE``.
+        variables: its variables.
+        x: a batch ``(B, *data_shape)``.
+
+    Returns:
+        ``(B, *positions, D)``.
+    """
     return model.apply(variables, x, method="encode_continuous")
 
 
 def quantise(model: VQVAE, variables: Variables, x: jax.Array, keep: Optional[jax.Array] = None) -> Quantised:
-    """Encode ``x`` and quantise it with the model's codebooks (:func:`residual_quantise`)."""
+    """Encode ``x`` and quantise it with the model's codebooks (:func:`residual_quantise`).
+
+    Args:
+        model: a ``VQVAE`` / ``HRQVAE``.
+        variables: its variables.
+        x: a batch ``(B, *data_shape)``.
+        keep: optional depth-dropout mask ``(L, B, *positions)``.
+
+    Returns:
+        A :class:`Quantised`.
+    """
     return residual_quantise(continuous_codes(model, variables, x), codebook(model, variables), keep)
 
 
@@ -309,7 +376,17 @@ def norm_penalty(levels: jax.Array, scale: float) -> jax.Array:
 
 def depth_mask(key: jax.Array, n_levels: int, lead: tuple[int, ...], rate: float) -> jax.Array:
     """Depth dropout: level 1 always kept, each deeper level dropped with probability ``rate``,
-    and every level below a dropped one dropped too (a cumulative product): ``(L, *lead)``."""
+    and every level below a dropped one dropped too (a cumulative product).
+
+    Args:
+        key: PRNG key.
+        n_levels: L.
+        lead: the shape of the encodings without their last axis, ``(B, *positions)``.
+        rate: the drop probability.
+
+    Returns:
+        float32 0/1 mask ``(L, *lead)``.
+    """
     keep = jax.random.bernoulli(key, 1.0 - rate, (n_levels - 1, *lead)).astype(jnp.float32)
     return jnp.cumprod(jnp.concatenate([jnp.ones((1, *lead), jnp.float32), keep]), axis=0)
 
@@ -433,7 +510,14 @@ def restart_dead_codes(codebooks: jax.Array, unused: jax.Array, counts: jax.Arra
 
 
 def has_codebook_updates(model: VQVAE) -> bool:
-    """True when training must update the codebook outside the gradient step (EMA or restarts)."""
+    """Whether training must update the codebook outside the gradient step.
+
+    Args:
+        model: a ``VQVAE`` / ``HRQVAE``.
+
+    Returns:
+        True with ``use_ema`` or ``restart_after > 0``.
+    """
     return bool(model.use_ema) or int(model.restart_after) > 0
 
 
@@ -475,8 +559,9 @@ def codebook_update(model: VQVAE, variables: Variables, params: Any, x: jax.Arra
         collections[USAGE] = {_QUANTISER: {"unused": unused}}
         if model.use_ema:
             stats = collections[EMA][_QUANTISER]
-            collections[EMA] = {_QUANTISER: {"codebook": cb, "cluster_size": jnp.where(dead, 1.0, stats["cluster_size"]),
-                                             "embed_sum": jnp.where(dead[..., None], cb, stats["embed_sum"])}}
+            sizes = jnp.where(dead, 1.0, stats["cluster_size"])
+            sums = jnp.where(dead[..., None], cb, stats["embed_sum"])
+            collections[EMA] = {_QUANTISER: {"codebook": cb, "cluster_size": sizes, "embed_sum": sums}}
         else:
             params = _replace_codebook(params, cb)
     return params, collections
@@ -540,7 +625,16 @@ def fit_code_prior(model: VQVAE, variables: Variables, x: jax.Array, *, smoothin
 
 
 def sample_codes(prior: dict[str, jax.Array], key: jax.Array, n: int) -> jax.Array:
-    """``n`` code tuples from a fitted prior: int32 ``(n, *positions, L)`` (a ``lax.scan`` over levels)."""
+    """``n`` code tuples from a fitted prior (a ``lax.scan`` over the levels).
+
+    Args:
+        prior: ``variables["code_prior"]`` of :func:`fit_code_prior`.
+        key: PRNG key.
+        n: number of draws.
+
+    Returns:
+        int32 ``(n, *positions, L)``.
+    """
     first, trans = prior["first"], prior["transitions"]
     k0, k1 = jax.random.split(key)
     c0 = jax.random.categorical(k0, jnp.log(first), shape=(n, *first.shape[:-1])).astype(jnp.int32)
@@ -557,7 +651,15 @@ def sample_codes(prior: dict[str, jax.Array], key: jax.Array, n: int) -> jax.Arr
 
 
 def codes_to_latent(codebooks: jax.Array, codes: jax.Array) -> jax.Array:
-    """Σ_l e^l_{k_l}: codes ``(..., L)`` → latent ``(..., D)``."""
+    """Σ_l e^l_{k_l}, the latent of a code tuple.
+
+    Args:
+        codebooks: ``(L, K, D)``.
+        codes: int ``(..., L)``.
+
+    Returns:
+        ``(..., D)``.
+    """
     per_level = jax.vmap(lambda cb, c: jnp.take(cb, c, axis=0), in_axes=(0, -1))(codebooks, codes)
     return jnp.sum(per_level, axis=0)
 
@@ -575,7 +677,15 @@ def _sample_vq(model: VQVAE, variables: Variables, key: jax.Array, n: int) -> Sa
 
 
 def log_code_prior(prior: dict[str, jax.Array], codes: jax.Array) -> jax.Array:
-    """log p(k) of code tuples ``(N, *positions, L)`` under a fitted prior, summed over positions: ``(N,)``."""
+    """log p(k) of code tuples under a fitted prior, summed over positions.
+
+    Args:
+        prior: ``variables["code_prior"]`` of :func:`fit_code_prior`.
+        codes: int ``(N, *positions, L)``.
+
+    Returns:
+        ``(N,)``.
+    """
     first, trans = prior["first"], prior["transitions"]
     lp = jnp.log(jnp.take_along_axis(first[None], codes[..., :1], axis=-1)[..., 0])  # (N, *pos)
     if codes.shape[-1] > 1:
