@@ -51,6 +51,7 @@ potential U and its gradient.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -308,7 +309,8 @@ def loss(model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, *
 
 @evaluate.elbo.register(HVAE)
 def _hvae_evaluate_elbo(model: HVAE, variables: Variables, x: jax.Array, key: jax.Array, **hyper: Any) -> jax.Array:
-    return elbo(model, variables, x, key, **hyper)
+    # one compiled computation for an evaluation call (the public function itself is not jitted)
+    return jax.jit(functools.partial(elbo, model, **hyper))(variables, x, key)
 
 
 __all__ = [

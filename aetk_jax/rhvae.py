@@ -65,6 +65,7 @@ its Hamiltonian and its loss, and re-exports the public names of the other two.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
@@ -455,7 +456,8 @@ def loss(model: RHVAE, variables: Variables, x: jax.Array, key: jax.Array, *, au
 
 @_evaluate.elbo.register(RHVAE)
 def _rhvae_elbo(model: RHVAE, variables: Variables, x: jax.Array, key: jax.Array, **hyper: Any) -> jax.Array:
-    return elbo(model, variables, x, key, **hyper)
+    # one compiled computation for an evaluation call (the public function itself is not jitted)
+    return jax.jit(functools.partial(elbo, model, **hyper))(variables, x, key)
 
 
 sample = _sampling.sample.register(RHVAE)(_sample)
