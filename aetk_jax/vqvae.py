@@ -564,7 +564,10 @@ def codebook_update(model: VQVAE, variables: Variables, params: Any, x: jax.Arra
             collections[EMA] = {_QUANTISER: {"codebook": cb, "cluster_size": sizes, "embed_sum": sums}}
         else:
             params = _replace_codebook(params, cb)
-    return params, collections
+    # keep every leaf's dtype (float64 data with float32 codebooks must not change the scan's carry)
+    old = {name: value for name, value in variables.items() if name != "params"}
+    collections = jax.tree_util.tree_map(lambda new, ref: new.astype(ref.dtype), collections, old)
+    return jax.tree_util.tree_map(lambda new, ref: new.astype(ref.dtype), params, variables["params"]), collections
 
 
 # --------------------------------------------------------------------------- the code prior
