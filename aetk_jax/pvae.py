@@ -27,6 +27,10 @@ for the posterior and the prior (``distribution=``):
   1/σ'² = 1/σ² − (d−1)c/3 (from sinh(x)/x ≤ e^{x²/6}), accepted with probability
   (sinh(x)/x)^{d−1} e^{−(d−1)x²/6}, x = √c r; otherwise r ~ N((d−1)√cσ², σ²)
   (from sinh x ≤ eˣ/2), accepted with probability (1 − e^{−2√c r})^{d−1} (r > 0).
+  The acceptance rate per proposal, which depends on √c σ and d only, measured
+  ≥ 0.51 for d ≤ 10 and √c σ from 0.01 to 5 (lowest where the envelopes switch),
+  so that none of the 32 proposals is accepted has probability below 10⁻⁹ (the
+  draw then falls back to |first proposal|).
   Its gradient in σ is the implicit one (Figurnov et al. 2018),
   ∂r/∂σ = −∂_σF(r; σ)/p(r; σ) = (1/(σ³ p(r))) ∫₀^r (E[t²] − t²) p(t) dt, by
   Gauss–Legendre (Mathieu et al. use adaptive rejection sampling for r and the
@@ -404,20 +408,31 @@ def elbo(model: PoincareVAE, variables: Variables, x: jax.Array, key: jax.Array,
     return vae.elbo(model, variables, x, key, **hyper)
 
 
-def loss(model: PoincareVAE, variables: Variables, x: jax.Array, key: jax.Array, **hyper: Any) -> Any:
-    """Negative ELBO with the Monte-Carlo KL (``aet.vae.loss``: ``beta=1.0``, ``n_samples=1``, ``aux``).
+def loss(
+    model: PoincareVAE,
+    variables: Variables,
+    x: jax.Array,
+    key: jax.Array,
+    *,
+    beta: float = 1.0,
+    n_samples: int = 1,
+    aux: bool = False,
+) -> Any:
+    """Negative (β-weighted) ELBO with the Monte-Carlo KL (``aet.vae.loss``).
 
     Args:
         model: the Poincaré VAE.
         variables: its variables.
         x: data ``(batch, *data_shape)``.
         key: PRNG key for the posterior draws.
-        **hyper: ``beta``, ``n_samples``, ``aux`` of ``aet.vae.loss``.
+        beta: weight ≥ 0 of the KL term.
+        n_samples: draws per example ≥ 1.
+        aux: also return the metrics.
 
     Returns:
-        The loss, or ``(loss, metrics)`` with ``aux=True``.
+        The loss, or ``(loss, {"loss", "loglikelihood", "kl", "elbo"})`` with ``aux=True``.
     """
-    return vae.loss(model, variables, x, key, **hyper)
+    return vae.loss(model, variables, x, key, beta=beta, n_samples=n_samples, aux=aux)
 
 
 __all__ = [

@@ -103,22 +103,31 @@ def _safe_normalise(h: jax.Array) -> jax.Array:
     return h * jax.lax.rsqrt(jnp.maximum(sq, tiny))
 
 
+#: softplus⁻¹(9): the κ head's initial bias, κ = 10 at initialisation
+_KAPPA0_BIAS = math.log(math.expm1(9.0))
+
+
 class VMFEncoder(nn.Module):
     """vMF q(z|x) on S^{d−1}: ``mu = normalise(Dense(d)(body(x)))``, ``kappa = softplus(Dense(1)) + 1``.
 
-    The κ head starts with a zero kernel and a zero bias (κ = 1 + log 2 for every
-    input), like the σ heads of the Gaussian encoders.
+    The κ head starts with a zero kernel and the bias ``init_bias`` (κ = 10 for
+    every input by default). Measured on the digits (d = 3, 6 epochs, Adam 3e-3):
+    from κ = 1 + log 2 (a zero bias) the posterior collapses (held-out ELBO
+    −27.64, KL 0.22 nats, worse than the best decoder that ignores z, −27.17);
+    from κ = 10 the ELBO is −26.38 with KL 1.6 nats.
 
     Attributes:
         body: any flax module mapping ``x`` to features.
         latent_dim: d ≥ 2, the ambient dimension (codes lie on S^{d−1}).
         gradient: how draws are differentiated in κ: ``"implicit"`` (exact, the
             default) or ``"accepted"`` (Davidson et al.'s; see :func:`sample_w`).
+        init_bias: the κ head's initial bias (κ = softplus(init_bias) + 1 at initialisation).
     """
 
     body: nn.Module
     latent_dim: int
     gradient: str = "implicit"
+    init_bias: float = _KAPPA0_BIAS
 
     def __post_init__(self) -> None:
         check_int(self.latent_dim, "latent_dim", minimum=2)
@@ -130,7 +139,8 @@ class VMFEncoder(nn.Module):
     def __call__(self, x: jax.Array) -> VMFParams:
         h = self.body(x)
         mu = _safe_normalise(nn.Dense(self.latent_dim, name="mu")(h))
-        k = nn.Dense(1, name="kappa", kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)(h)
+        k = nn.Dense(1, name="kappa", kernel_init=nn.initializers.zeros,
+                     bias_init=nn.initializers.constant(self.init_bias))(h)
         return VMFParams(mu, nn.softplus(k[..., 0]) + 1.0)
 
 

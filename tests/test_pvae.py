@@ -123,8 +123,8 @@ def test_samplers_draw_from_their_densities(family):
     pts, w = _disc_grid(c)
     with jax.enable_x64(True):
         p = np.exp(np.asarray(pvae._logpdf(family, jnp.asarray(pts), jnp.asarray(mu), jnp.asarray(sig), c))) * w
-        z = np.asarray(pvae._sample(family, jax.random.key(0), jnp.tile(jnp.asarray(mu), (n, 1)),
-                                    jnp.tile(jnp.asarray(sig), (n, 1)), c))
+        draw = jax.jit(functools.partial(pvae._sample, family, c=c))
+        z = np.asarray(draw(jax.random.key(0), jnp.tile(jnp.asarray(mu), (n, 1)), jnp.tile(jnp.asarray(sig), (n, 1))))
     assert np.all(np.sum(z * z, 1) < 1 / c)
     for f in (lambda q: q[:, 0], lambda q: q[:, 1], lambda q: np.sum(q * q, 1)):
         expected = np.sum(f(pts) * p)
@@ -145,8 +145,8 @@ def test_riemannian_radius_gradient_is_the_derivative_of_the_mean_radius(d):
         for s in (0.3, 1.5):  # the chi-like and the Gaussian envelope
             ref = (mean_radius(s * (1 + 1e-5)) - mean_radius(s * (1 - 1e-5))) / (2e-5 * s)
             sig = jnp.full((n,), s)
-            r, dr = jax.jvp(lambda q: pvae._implicit_radius(q, pvae._draw_radius(jax.random.key(5), q, c, d), c, d),
-                            (sig,), (jnp.ones(n),))
+            draw = lambda q: pvae._implicit_radius(q, pvae._draw_radius(jax.random.key(5), q, c, d), c, d)  # noqa
+            r, dr = jax.jit(lambda q: jax.jvp(draw, (q,), (jnp.ones(n),)))(sig)
             r, dr = np.asarray(r), np.asarray(dr)
             assert abs(r.mean() - mean_radius(s)) < 4 * r.std() / np.sqrt(n)
             assert abs(dr.mean() - ref) < 4 * dr.std() / np.sqrt(n), (d, s, dr.mean(), ref)
@@ -166,24 +166,32 @@ def test_poincare_vae_trains_on_digits_and_is_scored_and_sampled(digits):
     losses = history["train"]["loss"]
     assert losses[-1] < losses[0] - 5.0, losses
     xv = jnp.asarray(val.x[:200])
-    elbo = float(jnp.mean(aet.evaluate.elbo(model, variables, xv, jax.random.key(1), n_samples=4)))
-    # measured: about −27 after 6 epochs (−44 at initialisation); a decoder ignoring z reaches about −31
-    assert elbo > -29.5, elbo
+    elbo_fn = jax.jit(functools.partial(aet.evaluate.elbo, model, n_samples=4))
+    elbo = float(jnp.mean(elbo_fn(variables, xv, jax.random.key(1))))
+    # measured: −26.74 after 6 epochs; the best decoder that ignores z (per-pixel training means) scores −27.17
+    assert elbo > -27.1, elbo
+    assert history["train"]["kl"][-1] > 0.5  # the code is in use
     ll = float(jnp.mean(aet.evaluate.marginal_loglikelihood(model, variables, xv, jax.random.key(2), 64)))
     assert elbo < ll < 0.0, (elbo, ll)
     s = aet.sample(model, variables, jax.random.key(3), 5)
     assert s.x.shape == (5, 64) and np.all(np.sum(np.asarray(s.z) ** 2, 1) < 1.0)
 
 
-def test_riemannian_family_loss_has_finite_gradients(digits):
-    model = _pvae("riemannian", c=0.5)
-    x = jnp.asarray(digits[0].x[:16])
-    v = model.init(jax.random.key(0), x)
-    loss, m = pvae.loss(model, v, x, jax.random.key(1), aux=True)
-    g = jax.grad(lambda p: pvae.loss(model, {"params": p}, x, jax.random.key(1)))(v["params"])
-    assert np.isfinite(float(loss)) and float(m["kl"]) > -1.0
-    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(g))
+def test_riemannian_family_kl_estimate_has_finite_gradients():
+    # the Monte-Carlo KL of the Riemannian family (draws, log q, log p) differentiated in μ and σ, c = 0.5
+    model = _pvae("riemannian", c=0.5, hidden=8)
     assert model.encoder.curvature == 0.5 and model.encoder.distribution == "riemannian"
+    assert model.prior.curvature == 0.5 and model.prior.distribution == "riemannian"
+    mu = jnp.asarray([[0.2, -0.4], [0.0, 0.0], [1.3, 0.1]])  # the last 0.08 from the boundary (1/√c = 1.41)
+    sigma = jnp.asarray([[0.05], [0.7], [3.0]])
+
+    def kl(m, s):
+        enc_out = pvae.PoincareParams(m, s)
+        z = aet.encoder_sample(model.encoder, enc_out, jax.random.key(0))
+        return jnp.sum(aet.encoder_logposterior(model.encoder, z, enc_out) - model.prior(z))
+
+    value, g = jax.jit(jax.value_and_grad(kl, argnums=(0, 1)))(mu, sigma)
+    assert np.isfinite(float(value)) and all(bool(jnp.all(jnp.isfinite(a))) for a in g)
 
 
 @pytest.mark.parametrize("make, name", [

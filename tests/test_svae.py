@@ -23,16 +23,16 @@ def _A(d, k):
 def test_log_bessel_matches_scipy_in_float64_and_float32():
     x = np.logspace(-3, 4, 60)
     with jax.enable_x64(True):
-        for nu in (0.0, 0.5, 1.0, 1.5, 2.5, 10.0, 49.0):
+        for nu in (0.0, 0.5, 1.5, 10.0, 49.0):
             ref = np.log(sp.ive(nu, x))
-            got = np.asarray(bessel.log_ive(nu, jnp.asarray(x)))
+            fns = jax.jit(lambda t: (bessel.log_ive(nu, t), bessel.log_iv(nu, t), bessel.iv_ratio(nu, t),
+                                     jax.vmap(jax.grad(lambda s: bessel.log_iv(nu, s)))(t)))
+            got, log_iv, ratio, g = (np.asarray(a) for a in fns(jnp.asarray(x)))
             assert got.dtype == np.float64
             np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(np.asarray(bessel.log_iv(nu, jnp.asarray(x))), ref + x, rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(np.asarray(bessel.iv_ratio(nu, jnp.asarray(x))),
-                                       sp.ive(nu + 1, x) / sp.ive(nu, x), rtol=1e-11)
+            np.testing.assert_allclose(log_iv, ref + x, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(ratio, sp.ive(nu + 1, x) / sp.ive(nu, x), rtol=1e-11)
             # the derivative of the quadrature: d/dx log I_ν = I_{ν+1}/I_ν + ν/x
-            g = jax.vmap(jax.grad(lambda t: bessel.log_iv(nu, t)))(jnp.asarray(x))
             np.testing.assert_allclose(np.asarray(g), sp.ive(nu + 1, x) / sp.ive(nu, x) + nu / x, rtol=1e-10)
     got32 = np.asarray(bessel.log_ive(1.5, jnp.asarray(x, jnp.float32)))
     assert got32.dtype == np.float32
@@ -44,11 +44,11 @@ def test_log_bessel_matches_scipy_in_float64_and_float32():
 @pytest.mark.parametrize("d", [2, 3, 5])
 def test_sampler_mean_is_the_mean_resultant_length_times_mu(d):
     kappas = np.array([0.5, 5.0, 50.0])
-    n = 8000
+    n = 5000
     mu = np.asarray(svae.sample_uniform_sphere(jax.random.key(d), (3,), d))
     kap = jnp.asarray(np.repeat(kappas, n), jnp.float32)
     mus = jnp.asarray(np.repeat(mu, n, axis=0), jnp.float32)
-    z = np.asarray(svae.vmf_sample(jax.random.key(10 + d), mus, kap), np.float64).reshape(3, n, d)
+    z = np.asarray(jax.jit(svae.vmf_sample)(jax.random.key(10 + d), mus, kap), np.float64).reshape(3, n, d)
     np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, atol=1e-5)
     for i, k in enumerate(kappas):
         mean, se = z[i].mean(0), z[i].std(0) / np.sqrt(n)
@@ -98,14 +98,15 @@ def test_log_density_is_normalised_and_the_kl_matches_integration(d):
 @pytest.mark.parametrize("d", [2, 3])
 def test_reparameterised_gradient_matches_the_derivative_of_A(d):
     # E[μᵀz] = A_d(κ), with dA/dκ = 1 − A² − (d−1)A/κ: per-draw derivatives dw_i/dκ, mean ± standard error
-    k, n = 3.0, 20000
+    k, n = 3.0, 8000
     A = _A(d, k)
     exact = 1 - A**2 - (d - 1) * A / k
     with jax.enable_x64(True):
         kap = jnp.full((n,), k)
         out = {}
         for g in svae.GRADIENTS:
-            _, dw = jax.jvp(lambda kk: svae.sample_w(jax.random.key(3), kk, d, g)[0], (kap,), (jnp.ones(n),))
+            draw = functools.partial(lambda gg, kk: svae.sample_w(jax.random.key(3), kk, d, gg)[0], g)
+            _, dw = jax.jit(lambda kk: jax.jvp(draw, (kk,), (jnp.ones(n),)))(kap)
             dw = np.asarray(dw)
             out[g] = (dw.mean(), dw.std() / np.sqrt(n))
     mean, se = out["implicit"]
@@ -131,20 +132,19 @@ def _svae(d=3, hidden=32):
     return aet.SVAE(svae.VMFEncoder(aet.MLP([hidden], final_activation=jax.nn.relu), d), dec)
 
 
-def test_gradients_are_finite_in_float32_for_extreme_concentrations(digits):
-    # κ from 1 to 1e4 and a mean direction exactly e₁: a finite gradient of the loss
-    model = _svae()
-    x = jnp.asarray(digits[0].x[:16])
-    v = model.init(jax.random.key(0), x)
-    enc = v["params"]["encoder"]
-    enc["kappa"]["bias"] = jnp.asarray([1e4])
-    enc["mu"]["kernel"], enc["mu"]["bias"] = jnp.zeros_like(enc["mu"]["kernel"]), jnp.eye(3)[0]
-    g = jax.grad(lambda p: svae.loss(model, {"params": p}, x, jax.random.key(1)))(v["params"])
-    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(g))
-    z = svae.vmf_sample(jax.random.key(2), jnp.tile(jnp.eye(3)[:1], (500, 1)), jnp.full((500,), 1e4))
-    w = np.asarray(z[:, 0], np.float64)
-    assert np.all(np.isfinite(np.asarray(z)))
-    # E[1 − w] = 1 − A_3(κ) ≈ 1/κ at κ = 1e4
+def test_draws_and_gradients_are_finite_in_float32_for_extreme_concentrations():
+    # κ = 1e4 and a mean direction exactly ±e₁ (where a reflection by e₁ − μ divides by 0)
+    mu = jnp.concatenate([jnp.tile(jnp.eye(3)[:1], (250, 1)), -jnp.tile(jnp.eye(3)[:1], (250, 1))])
+    kappa = jnp.full((500,), 1e4)
+
+    def f(m, k):
+        z = svae.vmf_sample(jax.random.key(2), m, k)
+        return jnp.sum(z @ jnp.asarray([0.3, -0.5, 0.8])), z
+
+    (_, z), g = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(mu, kappa)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in (z, *g))
+    w = np.abs(np.asarray(z[:, 0], np.float64))
+    # E[1 − |w|] = 1 − A_3(κ) ≈ 1/κ at κ = 1e4
     assert abs(np.mean(1 - w) - (1 - _A(3, 1e4))) < 4 * np.std(1 - w) / np.sqrt(500)
 
 
@@ -157,16 +157,16 @@ def test_svae_trains_on_digits_and_is_scored_and_sampled(digits):
     losses = history["train"]["loss"]
     assert losses[-1] < losses[0] - 5.0, losses
     xv = jnp.asarray(val.x[:200])
-    elbo = float(jnp.mean(aet.evaluate.elbo(model, variables, xv, jax.random.key(1), n_samples=4)))
-    # measured: about −26.5 after 6 epochs (−44 at initialisation); a decoder ignoring z reaches about −31
-    assert elbo > -29.0, elbo
+    elbo_fn = jax.jit(functools.partial(aet.evaluate.elbo, model, n_samples=4))
+    elbo = float(jnp.mean(elbo_fn(variables, xv, jax.random.key(1))))
+    # measured: −26.38 after 6 epochs; the best decoder that ignores z (per-pixel training means) scores −27.17
+    assert elbo > -26.9, elbo
     ll = float(jnp.mean(aet.evaluate.marginal_loglikelihood(model, variables, xv, jax.random.key(2), 64)))
     assert elbo - 0.05 < ll < 0.0, (elbo, ll)
     s = aet.sample(model, variables, jax.random.key(3), 5)
     assert s.x.shape == (5, 64)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(s.z), axis=1), 1.0, atol=1e-5)
-    _, m = svae.loss(model, variables, xv, jax.random.key(4), aux=True)
-    assert set(m) >= {"loss", "loglikelihood", "kl", "elbo"} and float(m["kl"]) > 0
+    assert set(history["train"]) >= {"loss", "loglikelihood", "kl", "elbo"} and history["train"]["kl"][-1] > 0
 
 
 def test_bad_hyper_parameters_raise_value_error_naming_them():
