@@ -55,7 +55,9 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from .base import AutoEncoderModel, Variables, check_inputs, encode, finish, log_prior, loglikelihood, sample_posterior
+from .base import (
+    AutoEncoderModel, Variables, batch_size, check_inputs, encode, finish, log_prior, loglikelihood, sample_posterior,
+)
 from .encoders import gaussian_mu_logsigma
 from .distributions import gaussian_logdensity
 from .validation import check_scalar
@@ -164,8 +166,8 @@ def _check_hyper(x: jax.Array, alpha: Any, beta: Any, gamma: Any, dataset_size: 
     for value, name in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma")):
         check_scalar(value, name, nonnegative=True)
     check_estimator(estimator)
-    check_dataset_size(dataset_size, x.shape[0])
-    if estimator == "stratified" and x.shape[0] < 2:
+    check_dataset_size(dataset_size, batch_size(x))
+    if estimator == "stratified" and batch_size(x) < 2:
         raise ValueError("the stratified estimator needs a batch of >= 2 examples (`x`)")
 
 

@@ -28,6 +28,30 @@ def elbo(model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, *
     return vae.elbo(model, variables, x, key, **hyper)
 
 
+@functools.singledispatch
+def proposal_log_weights(
+    model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, n_samples: int, enc_out: Any
+) -> jax.Array:
+    """Log importance weights ``(S, batch)`` of S draws from the model's proposal for ``x``.
+
+    The default draws from the encoder's q(z|x) (``aet.importance.log_weights``); models
+    whose posterior is not the encoder's alone (the flow posteriors of ``aetk_jax.flows``)
+    register their own.
+
+    Args:
+        model: the model.
+        variables: its variables.
+        x: data ``(batch, *data_shape)``.
+        key: PRNG key for the draws.
+        n_samples: S, the number of draws.
+        enc_out: the encoder's output for ``x``.
+
+    Returns:
+        log p(x|z_s) + log p(z_s) − log q(z_s|x), ``(S, batch)``.
+    """
+    return importance.log_weights(model, variables, x, key, n_samples, enc_out=enc_out).logw
+
+
 def marginal_loglikelihood(
     model: nn.Module,
     variables: Variables,
@@ -42,8 +66,9 @@ def marginal_loglikelihood(
         log p(x) ≈ logsumexp_s [log p(x|z_s) + log p(z_s) − log q(z_s|x)] − log S,
         z_s ~ q(z|x), s = 1..S (S = ``n_importance``).
 
-    By Jensen's inequality its expectation is ≤ log p(x) and ≥ the ELBO.
-    Samples are drawn in chunks of ``chunk`` (``lax.map``) to bound memory.
+    By Jensen's inequality its expectation is ≤ log p(x) and ≥ the ELBO. The
+    weights come from ``proposal_log_weights`` (for a flow posterior, q is the
+    flowed q_K(z_K|x)). Samples are drawn in chunks of ``chunk`` (``lax.map``) to bound memory.
     """
     check_inputs(model, x, key)
     check_int(n_importance, "n_importance", minimum=1)
@@ -63,10 +88,10 @@ def _marginal_impl(
     enc_out = encode(model, variables, x)
 
     def chunk_weights(k: jax.Array) -> jax.Array:  # (chunk, batch)
-        return importance.log_weights(model, variables, x, k, chunk, enc_out=enc_out).logw
+        return proposal_log_weights(model, variables, x, k, chunk, enc_out)
 
     logw = jax.lax.map(chunk_weights, jax.random.split(key, n_chunks))  # (n_chunks, chunk, batch)
-    logw = logw.reshape(n_chunks * chunk, x.shape[0])[:n_importance]
+    logw = logw.reshape(n_chunks * chunk, logw.shape[-1])[:n_importance]
     return jax.scipy.special.logsumexp(logw, axis=0) - math.log(n_importance)
 
 

@@ -43,8 +43,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .base import Variables, decode, encode, log_prior, sample_posterior
-from .decoders import decoder_loglikelihood
+from .base import Variables, encode, log_prior, loglikelihood, sample_posterior
 from .encoders import encoder_logposterior
 from .validation import check_int, check_scalar
 
@@ -76,7 +75,7 @@ def scale_gradient(x: jax.Array, s: jax.Array) -> jax.Array:
 
 def _logw_at(model: Any, variables: Variables, x: jax.Array, zs: jax.Array, q_params: Any) -> jax.Array:
     """log p(x|z_s) + log p(z_s) − log q(z_s|x) for codes ``zs`` ``(S, batch, d)`` under ``q_params``."""
-    logp = jax.vmap(lambda z: decoder_loglikelihood(model.decoder, x, decode(model, variables, z)))(zs)
+    logp = jax.vmap(lambda z: loglikelihood(model, variables, x, z))(zs)
     return logp + log_prior(model, variables, zs) - encoder_logposterior(model.encoder, zs, q_params)
 
 

@@ -21,6 +21,10 @@ The gradient of Î reaches the encoder through both the paired and the shuffled
 codes (the paper's objective: q(z) is the encoder's aggregate posterior);
 AutoEncoderToolkit.jl marks the shuffle as non-differentiable instead.
 
+A conditional InfoMax-VAE (``n_conditions``/``condition_dim``) takes pairs
+``x = (x, c)``: the encoder sees (x, c), the decoder (z, c), and the critic
+T(x, z) the data alone, so Î estimates I(x; z) as above.
+
 ``aet.train.fit`` trains both parameter groups in one jitted step, each with its
 own optax optimizer (``optimizer`` = one transformation for both, or
 ``{"vae": opt, "mi": opt}``): first the encoder/decoder update, then the critic
@@ -37,7 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
+from .base import (
+    AutoEncoderModel, Variables, batch_size, check_inputs, elbo_terms, encode, finish, sample_posterior, split_condition,
+)
 from .encoders import encoder_mean
 from .validation import check_int, check_key, check_scalar
 
@@ -74,12 +80,12 @@ class InfoMaxVAE(AutoEncoderModel):
     def critic(self, x: jax.Array, z: jax.Array) -> jax.Array:
         return self.mi_network(x, z)
 
-    def __call__(self, x: jax.Array) -> Any:
-        enc = self.encoder(x)
-        z = encoder_mean(self.encoder, enc)
+    def __call__(self, x: Any) -> Any:
+        x, c = split_condition(self, x)
+        z = encoder_mean(self.encoder, self.encode(x, c))
         self.mi_network(x, z)
         self.init_prior(z)
-        return self.decoder(z)
+        return self.decode(z, c)
 
 
 def derangement(key: jax.Array, n: int) -> jax.Array:
@@ -127,8 +133,8 @@ def shuffle_latent(z: jax.Array, key: jax.Array) -> jax.Array:
 
 
 def critic(model: InfoMaxVAE, variables: Variables, x: jax.Array, z: jax.Array) -> jax.Array:
-    """T(x, z) per example, ``(batch,)``."""
-    return model.apply(variables, x, z, method="critic")
+    """T(x, z) per example, ``(batch,)``; a conditional model's critic sees the data of ``x = (x, c)``, not c."""
+    return model.apply(variables, split_condition(model, x)[0], z, method="critic")
 
 
 def variational_mutual_info(
@@ -164,8 +170,8 @@ def _with_params(variables: Variables, params: Mapping[str, Any]) -> dict[str, A
     return {**variables, "params": params}
 
 
-def _check_batch(x: jax.Array) -> None:
-    if x.shape[0] < 2:
+def _check_batch(x: Any) -> None:
+    if batch_size(x) < 2:
         raise ValueError("`x` needs a batch of >= 2 examples: the MI bound shuffles codes across the batch")
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, finish, sample_prior
+from .base import AutoEncoderModel, Variables, batch_size, check_inputs, elbo_terms, finish, sample_prior
 from .priors import is_standard_normal
 from .validation import check_int, check_scalar, is_concrete
 
@@ -217,7 +217,7 @@ def loss(
     check_int(n_latent_samples, "n_latent_samples", minimum=2)
     check_int(n_samples, "n_samples", minimum=1)
     _check_kernel(kernel)
-    if unbiased and x.shape[0] * n_samples < 2:
+    if unbiased and batch_size(x) * n_samples < 2:
         raise ValueError("the unbiased MMD needs at least 2 codes: use a batch of >= 2 examples (`x`)")
     t = elbo_terms(model, variables, x, key, n_samples)
     zq = t.z.reshape(-1, t.z.shape[-1])
@@ -249,7 +249,7 @@ def logp_mmd_ratio(
     check_inputs(model, x, key)
     check_int(n_latent_samples, "n_latent_samples", minimum=2)
     _check_kernel(kernel)
-    if unbiased and x.shape[0] < 2:
+    if unbiased and batch_size(x) < 2:
         raise ValueError("the unbiased MMD needs a batch of >= 2 examples (`x`)")
     t = elbo_terms(model, variables, x, key, 1)
     zq = t.z[0]

@@ -33,10 +33,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .base import AutoEncoderModel, Variables, check_inputs, decode, encode, finish
+from .base import AutoEncoderModel, Variables, check_inputs, decode, encode, finish, split_condition
 from .decoders import decoder_mean
 from .encoders import encoder_mean
-from .sampling import Samples, sample
+from .sampling import Samples, check_sample_condition, sample
 from .validation import check_int, check_key, check_scalar
 
 COVARIANCES = ("full", "diag")
@@ -55,23 +55,24 @@ def codes(model: AutoEncoderModel, variables: Variables, x: jax.Array) -> jax.Ar
     return encoder_mean(model.encoder, encode(model, variables, x))
 
 
-def _reconstruct(model: AutoEncoderModel, variables: Variables, z: jax.Array) -> jax.Array:
-    return decoder_mean(model.decoder, decode(model, variables, z))
+def _reconstruct(model: AutoEncoderModel, variables: Variables, z: jax.Array, condition: Any = None) -> jax.Array:
+    return decoder_mean(model.decoder, decode(model, variables, z, condition))
 
 
-def jacobian_penalty(model: AutoEncoderModel, variables: Variables, z: jax.Array) -> jax.Array:
+def jacobian_penalty(model: AutoEncoderModel, variables: Variables, z: jax.Array, condition: Any = None) -> jax.Array:
     """‖∂x̂/∂z‖²_F per code, ``(B,)``, exactly (one ``jax.jvp`` per latent dimension).
 
     Args:
         model: the model (its decoder).
         variables: its variables.
         z: codes ``(B, d)``.
+        condition: the codes' condition ``c`` for a conditional model (the Jacobian is in z at fixed c).
 
     Returns:
         Σ_k ‖J_D(z_i) e_k‖² for each i.
     """
     def f(u):
-        return _reconstruct(model, variables, u).reshape(z.shape[0], -1)
+        return _reconstruct(model, variables, u, condition).reshape(z.shape[0], -1)
 
     def along(e):
         return jnp.sum(jax.jvp(f, (z,), (jnp.broadcast_to(e, z.shape),))[1] ** 2, axis=-1)
@@ -90,11 +91,12 @@ def _loss(model, variables, x, key, embedding_weight, reg_weight, aux, penalty):
         check_key(key)
     check_scalar(embedding_weight, "embedding_weight", nonnegative=True)
     check_scalar(reg_weight, "reg_weight", nonnegative=True)
+    data, c = split_condition(model, x)
     z = codes(model, variables, x)
-    x_hat = _reconstruct(model, variables, z)
-    recon = jnp.mean(jnp.sum(((x_hat - x) ** 2).reshape(x.shape[0], -1), axis=-1))
+    x_hat = _reconstruct(model, variables, z, c)
+    recon = jnp.mean(jnp.sum(((x_hat - data) ** 2).reshape(data.shape[0], -1), axis=-1))
     emb = jnp.mean(0.5 * jnp.sum(z**2, axis=-1))
-    reg = penalty(z)
+    reg = penalty(z, c)
     value = recon + embedding_weight * emb + reg_weight * reg
     return finish(value, {"reconstruction": recon, "embedding": emb, "regularisation": reg}, aux)
 
@@ -112,14 +114,14 @@ def loss_l2(model: AutoEncoderModel, variables: Variables, x: jax.Array, key: An
         reg_weight: weight ≥ 0 of the decoder's Σ‖θ‖².
         aux: also return ``{"loss", "reconstruction", "embedding", "regularisation"}``.
     """
-    return _loss(model, variables, x, key, embedding_weight, reg_weight, aux, lambda z: decoder_l2(variables))
+    return _loss(model, variables, x, key, embedding_weight, reg_weight, aux, lambda z, c: decoder_l2(variables))
 
 
 def loss_gp(model: AutoEncoderModel, variables: Variables, x: jax.Array, key: Any = None, *,
             embedding_weight: float = 1e-4, reg_weight: float = 1e-7, aux: bool = False) -> Any:
     """The RAE-GP loss (module docstring), a scalar; arguments as ``loss_l2``, ``reg_weight``
     weighting the mean ‖J_D(z)‖²_F."""
-    penalty = lambda z: jnp.mean(jacobian_penalty(model, variables, z))  # noqa: E731
+    penalty = lambda z, c: jnp.mean(jacobian_penalty(model, variables, z, c))  # noqa: E731
     return _loss(model, variables, x, key, embedding_weight, reg_weight, aux, penalty)
 
 
@@ -194,8 +196,9 @@ def fit_code_density(model: AutoEncoderModel, variables: Variables, x: jax.Array
     check_int(n_iter, "n_iter", minimum=1)
     if covariance not in COVARIANCES:
         raise ValueError(f"`covariance` must be one of {COVARIANCES}, got {covariance!r}")
-    if x.shape[0] < n_components:
-        raise ValueError(f"`n_components` ({n_components}) must be <= the number of examples in `x` ({x.shape[0]})")
+    n = split_condition(model, x)[0].shape[0]
+    if n < n_components:
+        raise ValueError(f"`n_components` ({n_components}) must be <= the number of examples in `x` ({n})")
     z = codes(model, variables, x)
     init = z[jax.random.permutation(key, z.shape[0])[:n_components]]
     density = jax.jit(gmm_em, static_argnames=("n_iter", "covariance"))(z, init, n_iter=n_iter, covariance=covariance)
@@ -204,10 +207,13 @@ def fit_code_density(model: AutoEncoderModel, variables: Variables, x: jax.Array
 
 @sample.register(RAE_L2)
 @sample.register(RAE_GP)
-def _sample_rae(model: AutoEncoderModel, variables: Variables, key: jax.Array, n: int) -> Samples:
-    """``n`` codes from the fitted mixture (``fit_code_density``), decoded to their means."""
+def _sample_rae(model: AutoEncoderModel, variables: Variables, key: jax.Array, n: int, *,
+                condition: Any = None) -> Samples:
+    """``n`` codes from the fitted mixture (``fit_code_density``), decoded to their means
+    (under ``condition``, one per sample, for a conditional RAE: the mixture is of the codes of every class)."""
     check_key(key)
     check_int(n, "n", minimum=1)
+    condition = check_sample_condition(model, condition, n)
     if "code_density" not in variables:
         raise ValueError(
             "this RAE has no code density yet: call aet.rae.fit_code_density(model, variables, x, key=key)"
@@ -218,7 +224,7 @@ def _sample_rae(model: AutoEncoderModel, variables: Variables, key: jax.Array, n
     eps = jax.random.normal(k2, (n, gmm["means"].shape[-1]), gmm["means"].dtype)
     chol = jnp.linalg.cholesky(gmm["covs"])[comp]
     z = gmm["means"][comp] + jnp.einsum("nij,nj->ni", chol, eps)
-    return Samples(z, _reconstruct(model, variables, z))
+    return Samples(z, _reconstruct(model, variables, z, condition))
 
 
 __all__ = ["RAE_GP", "RAE_L2", "codes", "decoder_l2", "fit_code_density", "gmm_em", "jacobian_penalty", "loss",

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from .base import AutoEncoderModel, Variables, check_inputs, decode, encode, finish
+from .base import AutoEncoderModel, Variables, check_inputs, decode, encode, finish, split_condition
 from .decoders import decoder_mean
 from .encoders import encoder_mean
 from .mmdvae import IMQ_SCALES, check_scales, gaussian_kernel, imq_kernel, mmd_div, model_prior_samples
@@ -108,11 +108,12 @@ def loss(
     check_inputs(model, x, key)
     check_scalar(lam, "lam", nonnegative=True)
     gram = make_kernel(kernel, scales)
-    if x.shape[0] < 2:
+    data, c = split_condition(model, x)
+    if data.shape[0] < 2:
         raise ValueError("the unbiased MMD needs a batch of >= 2 examples (`x`)")
     z = codes(model, variables, x)
-    x_hat = decoder_mean(model.decoder, decode(model, variables, z))
-    recon = jnp.mean(jnp.sum(((x_hat - x) ** 2).reshape(x.shape[0], -1), axis=-1))
+    x_hat = decoder_mean(model.decoder, decode(model, variables, z, c))
+    recon = jnp.mean(jnp.sum(((x_hat - data) ** 2).reshape(data.shape[0], -1), axis=-1))
     zp = model_prior_samples(model, variables, key, z.shape[0], z.shape[-1], z.dtype)
     mmd = mmd_div(z, zp, gram, unbiased=True)
     return finish(recon + lam * mmd, {"reconstruction": recon, "mmd": mmd}, aux)
