@@ -20,6 +20,7 @@ This module is the public face of the training layer, ``aetk_jax/training/``:
 * ``training.hooks`` — ``make_trainer``: **which models change training** (RHVAE's
   end-of-epoch metric update, InfoMax-VAE's two phases);
 * ``training.fit`` — ``fit`` and its helpers, checkpoints, Ctrl-C, ``load_variables``.
+* ``training.loggers`` — the ``TensorBoard`` and ``CSVLogger`` callbacks.
 
 Model modules never import the training layer; ``training.hooks`` imports them.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 from .training.epoch import EpochResult, make_epoch, make_evaluator
 from .training.fit import NonFiniteError, TrainingInterrupted, fit, load_variables, save_history
 from .training.hooks import infomax_optimizers, infomax_phases, make_trainer
+from .training.loggers import CSVLogger, TensorBoard
 from .training.step import (
     LossFn,
     LRScaleState,
@@ -63,4 +65,6 @@ __all__ = [
     "save_history",
     "load_variables",
     "scale_by_lr_factor",
+    "TensorBoard",
+    "CSVLogger",
 ]

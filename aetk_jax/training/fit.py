@@ -62,7 +62,11 @@ against the support of ``model.decoder``'s likelihood
 (:func:`aet.decoders.check_support`): e.g. a Bernoulli decoder on
 standardised data raises ``ValueError`` naming the decoder, the data's
 range and the fix. Models without a ``decoder`` and decoders with no
-registered ``decoder_support`` are not checked.
+registered ``decoder_support`` are not checked. A conditional model
+(``n_conditions`` or ``condition_dim`` > 0) is fed the pairs ``(x, y)`` of
+``aet.data.Dataset(x, y)`` (or of a tuple ``(x, y)``): the labels are checked
+against ``n_conditions`` here, on the host; each epoch's shuffle permutes x and
+y together and a mesh shards both.
 
 Ctrl-C (SIGINT, handled in the main thread only; the previous handler is
 restored when ``fit`` returns): the first Ctrl-C lets the current epoch
@@ -91,6 +95,7 @@ import numpy as np
 import optax
 
 from .. import checkpoint as ckpt
+from ..base import check_condition, is_conditional
 from ..decoders import check_support
 from ..validation import check_array, check_int, check_key, check_scalar
 from . import devices
@@ -216,6 +221,33 @@ def _as_array(data: Any, name: str) -> jax.Array:
     return jnp.asarray(x)
 
 
+def _as_inputs(model: nn.Module, data: Any, name: str) -> Any:
+    """What the loss is fed: the data array, or for a conditional model the pair ``(x, c)``.
+
+    A conditional model takes ``aet.data.Dataset(x, y)`` (or a tuple ``(x, y)``); its
+    labels or covariates are checked here, on the host, before anything is compiled.
+    """
+    if not is_conditional(model):
+        return _as_array(data, name)
+    if isinstance(data, (tuple, list)) and not hasattr(data, "x") and len(data) == 2:
+        x, c = data
+    else:
+        x, c = getattr(data, "x", data), getattr(data, "y", None)
+    if c is None:
+        raise ValueError(
+            f"`{name}` has no labels, but {type(model).__name__} is conditional (n_conditions={model.n_conditions}, "
+            f"condition_dim={model.condition_dim}): pass aet.data.Dataset(x, y) or the pair (x, y)"
+        )
+    x = _as_array(x, name)
+    check_condition(model, np.asarray(c), x.shape[0], name=f"{name}'s labels y")
+    return x, jnp.asarray(c)
+
+
+def _data_part(x: Any) -> jax.Array:
+    """The data array of ``x`` or of the pair ``(x, c)``."""
+    return x[0] if isinstance(x, tuple) else x
+
+
 def _to_host(tree: Any) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
@@ -287,16 +319,19 @@ def _check_fit_args(model: Any, loss_fn: Any, key: Any, epochs: Any, batch_size:
         raise TypeError("`callbacks` must be a sequence of callables cb(epoch, variables, history)")
 
 
-def _check_data(model: nn.Module, data: Any, val_data: Any, batch_size: int) -> tuple[jax.Array, Optional[jax.Array]]:
-    """``data`` and ``val_data`` as arrays, checked (shapes, batch size, the decoder's support)."""
-    x = _as_array(data, "data")
-    n_total = x.shape[0] * jax.process_count()  # with several processes `data` is one shard
+def _check_data(model: nn.Module, data: Any, val_data: Any, batch_size: int) -> tuple[Any, Any]:
+    """``data`` and ``val_data`` as arrays (pairs ``(x, c)`` for a conditional model), checked
+    (shapes, batch size, labels, the decoder's support)."""
+    x = _as_inputs(model, data, "data")
+    xd = _data_part(x)
+    n_total = xd.shape[0] * jax.process_count()  # with several processes `data` is one shard
     if batch_size > n_total:
         raise ValueError(f"`batch_size` ({batch_size}) is larger than the data ({n_total} examples)")
-    x_val = None if val_data is None else _as_array(val_data, "val_data")
-    if x_val is not None and x_val.shape[1:] != x.shape[1:]:
-        raise ValueError(f"`val_data` has per-example shape {x_val.shape[1:]}, `data` has {x.shape[1:]}")
-    _check_data_support(model, x, x_val)
+    x_val = None if val_data is None else _as_inputs(model, val_data, "val_data")
+    xv = None if x_val is None else _data_part(x_val)
+    if xv is not None and xv.shape[1:] != xd.shape[1:]:
+        raise ValueError(f"`val_data` has per-example shape {xv.shape[1:]}, `data` has {xd.shape[1:]}")
+    _check_data_support(model, xd, xv)
     return x, x_val
 
 
@@ -324,9 +359,10 @@ def _place(state: TrainState, x: jax.Array, x_val: Optional[jax.Array], mesh: An
     replicated = devices.replicated(mesh)
     # the data set, replicated on every device; with several processes
     # `data` is this process's shard and the shards are concatenated
-    x = devices.gather_data(x, mesh)
+    gather = lambda t: jax.tree_util.tree_map(lambda a: devices.gather_data(a, mesh), t)  # noqa: E731  (x, c) too
+    x = gather(x)
     if x_val is not None and jax.process_count() > 1:
-        x_val = devices.gather_data(x_val, mesh)
+        x_val = gather(x_val)
     return jax.device_put(state, replicated), x, x_val, devices.batch_sharding(mesh), replicated
 
 
@@ -334,7 +370,7 @@ def _setup(model: nn.Module, loss_fn: LossFn, x: jax.Array, x_val: Optional[jax.
            variables: Optional[Variables], optimizer: Any, mesh: Any, batch_size: int, policy: dict[str, Any]) -> _Setup:
     """Initialise the state, place it on the mesh and compile-ready the epoch, end-of-epoch and evaluator."""
     if variables is None:
-        variables = model.init(jax.random.split(key, 3)[0], x[:1])
+        variables = model.init(jax.random.split(key, 3)[0], jax.tree_util.tree_map(lambda a: a[:1], x))
     trainer = make_trainer(model, loss_fn, optimizer)
     state, x, x_val, batch_spec, replicated = _place(trainer.init(variables), x, x_val, mesh, batch_size)
     run_epoch = jax.jit(make_epoch(trainer.step, batch_size, batch_spec, **policy))
@@ -397,7 +433,7 @@ def _check_failure(run: _Run, res: EpochResult, host: dict[str, Any], epoch: int
     terms = {k: float(v) for k, v in jax.device_get(res.bad_metrics).items()}
     nonfinite = sorted(k for k, v in terms.items() if k != "finite" and not math.isfinite(v))
     detail = _failure_detail(terms, nonfinite, float(run.ref), policy["divergence_factor"])
-    n_batches = run.setup.x.shape[0] // policy["batch_size"]
+    n_batches = _data_part(run.setup.x).shape[0] // policy["batch_size"]
     if skip and n_skipped < n_batches and scale >= 1e-6:
         warnings.warn(
             f"epoch {epoch}: skipped {n_skipped} of {n_batches} steps with a non-finite or diverged "
@@ -430,7 +466,7 @@ def _record(run: _Run, host: dict[str, Any], epoch: int, skip: bool) -> dict[str
     _append(run.history, "train", train_metrics)
     setup = run.setup
     if setup.evaluate is not None:
-        val = setup.evaluate(run.state.variables, setup.x_val, jax.random.fold_in(run.val_key, epoch))
+        val = setup.evaluate(run.state.variables, setup.x_val, jax.random.fold_in(run.val_key, epoch), jnp.int32(epoch))
         _append(run.history, "val", _to_host(val))
     return train_metrics
 
@@ -438,7 +474,8 @@ def _record(run: _Run, host: dict[str, Any], epoch: int, skip: bool) -> dict[str
 def _run_epoch(run: _Run, epoch: int, policy: dict[str, Any]) -> dict[str, float]:
     """Train one epoch, check it, apply the end-of-epoch update and record it; returns its train metrics."""
     setup = run.setup
-    res = setup.run_epoch(run.state, setup.x, jax.random.fold_in(run.train_key, epoch), run.ref)
+    # the epoch as an int32 array: a loss with an `epoch` parameter sees it, traced (compiled once)
+    res = setup.run_epoch(run.state, setup.x, jax.random.fold_in(run.train_key, epoch), run.ref, jnp.int32(epoch))
     run.ref = res.ref
     # one transfer per epoch: the failure flag, the metrics and (with skip) the learning-rate factors
     host = jax.device_get({"bad_step": res.bad_step, "metrics": res.metrics,
@@ -509,10 +546,12 @@ def fit(
 
     Args:
         model: a flax module (its type selects the trainer, :func:`make_trainer`).
-        loss_fn: a pure loss ``loss_fn(variables, x, key)``.
-        data: an array ``(n, *data_shape)`` or an ``aet.data.Dataset``.
+        loss_fn: a pure loss ``loss_fn(variables, x, key)``; one with an ``epoch`` parameter is given
+            the epoch's index (a traced ``int32``, e.g. ``aet.disentangledbetavae.loss``).
+        data: an array ``(n, *data_shape)`` or an ``aet.data.Dataset`` (with ``y`` for a conditional model).
         key: the run's ``jax.random`` key.
-        optimizer: an optax transformation (default Adam 1e-3; InfoMax-VAE also takes ``{"vae", "mi"}``).
+        optimizer: an optax transformation (default Adam 1e-3; a multi-phase model also takes a dict keyed by
+            its phases, e.g. InfoMax-VAE's ``{"vae", "mi"}``).
         epochs: the total number of epochs (a resumed run continues up to it).
         batch_size: examples per step.
         val_data: validation data, evaluated after every epoch.
@@ -582,7 +621,7 @@ def load_variables(model: nn.Module, checkpoint_dir: str, x_example: Any, *, key
     Args:
         model: the flax module the checkpoints were written for.
         checkpoint_dir: the folder ``fit`` wrote them to.
-        x_example: one batch of data (builds the template).
+        x_example: one batch of data (builds the template; the pair ``(x, c)`` for a conditional model).
         key: the key of the template's ``model.init`` (its values are overwritten).
 
     Returns:
@@ -590,7 +629,7 @@ def load_variables(model: nn.Module, checkpoint_dir: str, x_example: Any, *, key
     """
     from flax import serialization
 
-    template = model.init(jax.random.key(0) if key is None else key, jnp.asarray(x_example))
+    template = model.init(jax.random.key(0) if key is None else key, jax.tree_util.tree_map(jnp.asarray, x_example))
     skipped = 0
     for path in reversed(ckpt.list_checkpoints(checkpoint_dir)):
         try:
