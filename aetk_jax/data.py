@@ -169,8 +169,10 @@ def load(path: str, *, flatten: bool = False) -> Dataset:
     """Load ``path``: ``.npz`` (arrays ``x`` and optional ``y``, else the first other
     array; an optional ``shape`` entry is an example's image shape), ``.npy``,
     ``.csv`` (numeric, optional header row, one example per row), or an MNIST IDX
-    image file (``*-idx3-ubyte[.gz]``, with its labels file beside it if present;
-    its image shape is ``(rows, cols)``).
+    image file (``*-idx3-ubyte[.gz]``: MNIST or Fashion-MNIST, with its labels
+    file beside it if present; its image shape is ``(rows, cols)``), or CIFAR-10
+    batches (:func:`read_cifar10`: a ``data_batch_*``/``test_batch`` file or a
+    folder of them; image shape ``(32, 32, 3)``).
 
     ``flatten`` reshapes each example to a vector (``image_shape`` is kept).
     """
@@ -185,7 +187,10 @@ def load(path: str, *, flatten: bool = False) -> Dataset:
     shape = None  # an example's image shape, where the file says it
     lower = path.lower()
     try:
-        if lower.endswith(".npz"):
+        if is_cifar(path):
+            x, y = read_cifar10(path)
+            shape = CIFAR_SHAPE
+        elif lower.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
                 if not z.files:
                     raise ValueError(f"{path}: the archive holds no arrays")
@@ -236,3 +241,80 @@ def batches(x: np.ndarray, batch_size: int, *, key: Optional[jax.Array] = None, 
     stop = n - n % batch_size if drop_last else n
     for i in range(0, stop, batch_size):
         yield x[order[i : i + batch_size]]
+
+
+# --- CIFAR-10 (user-supplied files; nothing is downloaded) -------------------------------------------------------
+
+CIFAR_SHAPE = (32, 32, 3)
+_CIFAR_RECORD = 1 + 32 * 32 * 3  # the binary version: one label byte, then 1024 R, 1024 G, 1024 B bytes
+
+
+def is_cifar(path: str) -> bool:
+    """Whether ``path`` names CIFAR-10 batches: a ``data_batch_*``/``test_batch`` file
+    (python or ``.bin`` version) or a folder holding them."""
+    names = os.listdir(path) if os.path.isdir(path) else [os.path.basename(path)]
+    return any(n.startswith(("data_batch", "test_batch")) for n in names)
+
+
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+def _numpy_only_unpickle(f: Any) -> Any:
+    """Read a pickle that may build dicts, lists, bytes, strings, numbers and NumPy arrays,
+    nothing else (no other class is looked up, so no other code can run)."""
+    import pickle
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) not in _PICKLE_ALLOWED:
+                raise ValueError(f"refusing to unpickle {module}.{name} (only NumPy arrays are allowed)")
+            return super().find_class(module, name)
+
+    return _Restricted(f, encoding="bytes").load()
+
+
+def _cifar_python_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        batch = _numpy_only_unpickle(f)
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected a dict with data and labels)")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (data {data.shape} {data.dtype}, "
+                         f"{labels.shape[0]} labels)")
+    return data, labels
+
+
+def _cifar_binary_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:
+        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of CIFAR-10 records ({_CIFAR_RECORD} bytes)")
+    rec = raw.reshape(-1, _CIFAR_RECORD)
+    return rec[:, 1:], rec[:, 0]
+
+
+def read_cifar10(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 images ``(n, 32, 32, 3)`` uint8 (H, W, RGB) and labels ``(n,)``.
+
+    ``path``: one batch file (``data_batch_1``… / ``test_batch`` of the python
+    version, read without executing pickle code; or ``data_batch_1.bin``… of the
+    binary version), or a folder: its five ``data_batch_*`` files in order.
+    The files store each image as 1024 red, 1024 green, 1024 blue bytes (row-major);
+    they are transposed to (H, W, channel).
+    """
+    if os.path.isdir(path):
+        files = sorted(n for n in os.listdir(path) if n.startswith("data_batch") and not n.endswith((".meta", ".html")))
+        if not files:
+            raise ValueError(f"{path}: no data_batch_* files in the folder")
+        parts = [read_cifar10(os.path.join(path, n)) for n in files]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    data, labels = (_cifar_binary_batch if path.endswith(".bin") else _cifar_python_batch)(path)
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: CIFAR-10 labels must be 0..9, found {int(labels.min())}..{int(labels.max())}")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int32)

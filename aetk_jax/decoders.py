@@ -48,9 +48,26 @@ class _ShapeMixin:
 
 
 def _head(h: jax.Array, output_shape: Shape, name: str) -> jax.Array:
+    """The dense head mapping the body's output to ``(batch, *output_shape)``.
+
+    A body returning features ``(batch, n_features)`` gets one dense layer to
+    ``prod(output_shape)`` values. A body returning feature maps ``(batch, H, W,
+    n_features)`` (a convolutional body, ``aet.layers.ConvDecoderBody``) gets a
+    per-location dense layer (a 1×1 convolution) to ``prod(output_shape) / (H·W)``
+    values per pixel, flattened in (H, W, channel) order.
+    """
     shape = _shape(output_shape)
-    out = nn.Dense(math.prod(shape), name=name)(h)
-    return out.reshape(out.shape[:-1] + shape)
+    if h.ndim <= 2:
+        out = nn.Dense(math.prod(shape), name=name)(h)
+        return out.reshape(out.shape[:-1] + shape)
+    pixels = math.prod(h.shape[1:-1])
+    per_pixel, rest = divmod(math.prod(shape), pixels)
+    if rest or per_pixel == 0:
+        raise ValueError(
+            f"decoder: the body's feature maps {tuple(h.shape[1:-1])} do not tile `output_shape` {shape}"
+        )
+    out = nn.Dense(per_pixel, name=name)(h)
+    return out.reshape((h.shape[0],) + shape)
 
 
 class Decoder(_ShapeMixin, nn.Module):
