@@ -63,9 +63,20 @@ _EXPORTS: dict[str, str] = {
     "VAE": "vae",
     "VAMP": "vamp",
     # @zoo2
+    "FactorVAE": "factorvae",
+    "DisentangledBetaVAE": "disentangledbetavae",
+    "AAE": "aae",
+    "VAEGAN": "vaegan",
     # @vq
+    "VQVAE": "vqvae",
+    "HRQVAE": "hrqvae",
     # @flows
+    "VAE_LinNF": "vae_linnf",
+    "VAE_IAF": "vae_iaf",
+    "MSSSIM_VAE": "msssim_vae",
     # @manifold
+    "SVAE": "svae",
+    "PoincareVAE": "pvae",
 }
 
 # the submodules reachable as attributes (``aet.train``); any other submodule also resolves on use
@@ -74,10 +85,15 @@ _SUBMODULES = (
     "encoders", "evaluate", "geometry", "hvae", "importance", "infomaxvae", "iwae", "layers", "miwae",
     "mmdvae", "parallel", "piwae", "priors", "rhvae", "sampling", "train", "utils", "vae", "validation", "vamp",
     # @zoo2
+    "factorvae", "disentangledbetavae", "aae", "vaegan",
     # @vq
+    "vqvae", "hrqvae",
     # @flows
+    "flows", "msssim_vae", "vae_iaf", "vae_linnf",
     # @manifold
+    "bessel", "poincare", "svae", "pvae",
     # @hamiltonian
+    "hamiltonian", "rhvae_metric", "rhvae_sampler",
     # @geometry
     # @ecosystem
     # @conditional

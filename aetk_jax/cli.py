@@ -47,9 +47,13 @@ DEFAULT_EPOCHS = {
     "iwae": 30, "miwae": 20, "piwae": 20, "ciwae": 30, "vamp": 30,
     "betatcvae": 30, "wae": 30, "rae_l2": 30, "rae_gp": 30,
     # @zoo2
+    "factorvae": 30, "disentangledbetavae": 30, "aae": 30, "vaegan": 30,
     # @vq
+    "vqvae": 30, "hrqvae": 30,
     # @flows
+    "vae_linnf": 30, "vae_iaf": 30, "msssim_vae": 30,
     # @manifold
+    "svae": 30, "pvae": 30,
 }
 # defaults of the options that define a run (recorded in config.json; fixed when resuming)
 RUN_DEFAULTS: dict[str, Any] = {
@@ -61,19 +65,28 @@ RUN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "hidden": [128, 128],
     "seed": 0,
+    "arch": "mlp",
+    "image_shape": None,
+    "condition_on_labels": False,
 }
 COLLAPSE_KL = 0.01  # nats per latent dimension: below it the posterior has collapsed onto the prior
 # the models whose "kl" metric is KL(q(z|x) || p(z)) (RHVAE's "kl" is a different gap)
 KL_MODELS = (
     "vae", "betavae", "mmdvae", "infomaxvae", "vamp", "betatcvae",
     # @zoo2
+    "factorvae", "disentangledbetavae",
     # @flows
+    "vae_linnf", "vae_iaf", "msssim_vae",
+    # @manifold
+    "svae", "pvae",
 )
 # models with no likelihood p(x|z): scored by their held-out loss
 NO_LIKELIHOOD = (
     "ae", "wae", "rae_l2", "rae_gp",
     # @zoo2
     # @vq
+    "vqvae", "hrqvae",
+    "msssim_vae",  # @flows (no @flows anchor in this table)
 )
 
 
@@ -99,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and write checkpoints, history and plots")
     # None = not given: the default (RUN_DEFAULTS) or, when resuming, the run's config.json
     t.add_argument("--model", choices=MODELS, default=None, help="default vae")
-    t.add_argument("--data", default=None, help="digits (default), or a .npz/.npy/.csv/MNIST-IDX file")
+    t.add_argument("--data", default=None, help="digits (default), a .npz/.npy/.csv file, an MNIST or Fashion-MNIST IDX file, or CIFAR-10 batches (a data_batch_* file or their folder)")
     t.add_argument("--decoder", choices=DECODERS, default=None, help="default bernoulli")
     t.add_argument("--latent-dim", type=int, default=None, help="default 2")
     t.add_argument("--epochs", type=int, default=None, help="total epochs (default: a few seconds' worth for the model)")
@@ -108,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, nargs="+", default=None, help="default 128 128")
     t.add_argument("--seed", type=int, default=None, help="default 0")
     t.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
+    t.add_argument("--arch", choices=("mlp", "conv"), default=None,
+                   help="mlp (default) or conv: convolutional encoder/decoder built from the data's image shape")
+    t.add_argument("--condition-on-labels", action="store_true", default=None,
+                   help="a conditional model (encoder q(z|x, y), decoder p(x|z, y)) on the data's labels y")
+    t.add_argument("--image-shape", type=int, nargs="+", default=None, metavar="N",
+                   help="H W [C] of one example for --arch conv (default: the data file's own)")
     t.add_argument(
         "--resume",
         nargs="?",
@@ -120,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="on a non-finite loss: stop (default) or skip the step and halve the learning rate")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--no-plots", action="store_true")
+    t.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write every train/val metric of every epoch as TensorBoard scalars in DIR "
+                        '(needs pip install "aetk_jax[tensorboard]")')
     e = sub.add_parser("evaluate", help="print held-out ELBO and log-likelihood of a trained run")
     e.add_argument("dir")
     e.add_argument("--n-importance", type=int, default=256)
@@ -132,10 +154,58 @@ def _recipe(cfg: dict[str, Any], train_ds: Any):
 
     # β-TC-VAE's estimators need the training set's size
     extra = {"dataset_size": len(train_ds)} if cfg["model"] == "betatcvae" else {}
-    return build(
+    arch = cfg.get("arch", "mlp")
+    if arch == "conv":
+        extra.update(arch="conv", image_shape=_conv_image_shape(cfg, train_ds))
+    recipe = build(
         cfg["model"], train_ds.x.shape[1:], latent_dim=cfg["latent_dim"], decoder=cfg["decoder"],
         hidden=tuple(cfg["hidden"]), **extra,
     )
+    return _conditioned(recipe, cfg, train_ds) if cfg.get("condition_on_labels") else recipe
+
+
+def _conditioned(recipe, cfg: dict[str, Any], train_ds: Any):
+    """``recipe`` with its model conditioned on the labels (``n_conditions`` = max label + 1)."""
+    import functools
+
+    from .builders import Recipe
+
+    if train_ds.y is None:
+        raise UserError(f"--condition-on-labels: the data {cfg['data']} have no labels")
+    n = int(train_ds.y.max()) + 1
+    try:
+        model = recipe.model.clone(n_conditions=n)
+    except ValueError as err:
+        raise UserError(f"--condition-on-labels with --model {cfg['model']}: {err}") from None
+    loss = recipe.loss
+    return Recipe(recipe.name, model, functools.partial(loss.func, model, *loss.args[1:], **loss.keywords), recipe.hyper)
+
+
+def _inputs(recipe, ds: Any, n: Optional[int] = None) -> Any:
+    """What the recipe's loss takes for the (first ``n``) examples of ``ds``: ``x``, or ``(x, y)`` if conditional."""
+    from .base import is_conditional
+
+    x = ds.x if n is None else ds.x[:n]
+    if not is_conditional(recipe.model):
+        return x
+    return x, (ds.y if n is None else ds.y[:n])
+
+
+def _conv_image_shape(cfg: dict[str, Any], train_ds: Any) -> tuple[int, ...]:
+    """The image shape a ``--arch conv`` run uses: ``--image-shape``, else the data file's
+    (digits 8×8, IDX rows×cols, an npz ``shape`` entry, CIFAR-10 32×32×3); ``UserError`` otherwise."""
+    import math
+
+    from .builders import check_image_shape
+
+    given, known = cfg.get("image_shape"), train_ds.image_shape
+    shape = given if given is not None else known
+    if shape is None:
+        raise UserError(f"--arch conv: the data {cfg['data']} have no known image shape; give --image-shape H W [C]")
+    try:
+        return check_image_shape(shape, math.prod(train_ds.x.shape[1:]))
+    except ValueError as err:
+        raise UserError(f"--image-shape: {err}" if given is not None else f"--arch conv: {err}") from None
 
 
 def _load_data(cfg: dict[str, Any]):
@@ -156,7 +226,7 @@ def _evaluate(recipe, variables, x_val, key, n_importance: int) -> dict[str, flo
     from . import evaluate
 
     k1, k2 = jax.random.split(key)
-    x_val = jnp.asarray(x_val)
+    x_val = jax.tree_util.tree_map(jnp.asarray, x_val)  # (x, y) for a conditional model
     out: dict[str, float] = {}
     if recipe.name in NO_LIKELIHOOD:  # autoencoders without a likelihood: their held-out loss
         out["val_mse" if recipe.name == "ae" else "val_loss"] = float(recipe.loss(variables, x_val, k1))
@@ -245,6 +315,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "lr": cfg["lr"],
         "hidden": list(cfg["hidden"]),
         "seed": cfg["seed"],
+        "arch": cfg["arch"],
+        "image_shape": None if cfg["image_shape"] is None else list(cfg["image_shape"]),
+        "condition_on_labels": bool(cfg["condition_on_labels"]),
     }
     return out, cfg
 
@@ -297,6 +370,7 @@ def _fit_run(tr, recipe, cfg, args, out, train_ds, val_ds, fit_key):
             checkpoint_dir=os.path.join(out, "checkpoints"),
             resume=bool(args.resume),
             on_nonfinite=args.on_nonfinite,
+            callbacks=[tr.TensorBoard(args.tensorboard)] if getattr(args, "tensorboard", None) else (),
         )
     except (tr.TrainingInterrupted, tr.NonFiniteError) as err:
         tr.save_history(err.history, os.path.join(out, "history.json"))
@@ -358,7 +432,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     _collapse_warning(recipe, cfg, history)
     try:
         results = {"model": cfg["model"], "data": cfg["data"], "epochs": epochs, "train_seconds": seconds}
-        results.update(_evaluate(recipe, variables, val_ds.x, eval_key, 256))
+        results.update(_evaluate(recipe, variables, _inputs(recipe, val_ds), eval_key, 256))
         results["finished"] = True
         plots = [] if args.no_plots else run_plots(recipe, variables, train_ds, val_ds, history, out, plot_key)
     except KeyboardInterrupt:  # training is done and checkpointed; only the report was cut short
@@ -416,8 +490,8 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, float]:
     train_ds, val_ds = _load_data(cfg)
     recipe = _recipe(cfg, train_ds)
     _check_support(recipe, cfg, train_ds, val_ds)
-    variables = tr.load_variables(recipe.model, os.path.join(args.dir, "checkpoints"), train_ds.x[:1])
-    res = _evaluate(recipe, variables, val_ds.x, jax.random.key(args.seed), args.n_importance)
+    variables = tr.load_variables(recipe.model, os.path.join(args.dir, "checkpoints"), _inputs(recipe, train_ds, 1))
+    res = _evaluate(recipe, variables, _inputs(recipe, val_ds), jax.random.key(args.seed), args.n_importance)
     print(json.dumps(res))
     why = _unfinished(args.dir, res)
     if why is not None:

@@ -20,7 +20,7 @@ from aetk_jax import checkpoint as ckpt
 from aetk_jax import cli
 
 TINY = ["--hidden", "16", "--lr", "0.01", "--no-progress"]
-PLOTS = ["loss.png", "latent.png", "reconstructions.png", "samples.png"]
+PLOTS = ["loss.png", "latent.png", "reconstructions.png", "samples.png", "fisher_metric.png"]
 LOG2 = math.log(2.0)
 
 
@@ -213,7 +213,7 @@ def test_bad_input_gives_one_line_and_status_2(bad_files, capsys, argv, needle):
 
 
 def test_unknown_options_exit_2(capsys):
-    for argv in (["train", "--model", "vqvae"], ["train", "--frobnicate"], ["fly"]):
+    for argv in (["train", "--model", "nosuchvae"], ["train", "--frobnicate"], ["fly"]):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2
@@ -221,8 +221,8 @@ def test_unknown_options_exit_2(capsys):
         assert err[-1].startswith("aet") and "error:" in err[-1]
     # argparse names the bad choice
     with pytest.raises(SystemExit):
-        cli.main(["train", "--model", "vqvae"])
-    assert "invalid choice: 'vqvae'" in capsys.readouterr().err
+        cli.main(["train", "--model", "nosuchvae"])
+    assert "invalid choice: 'nosuchvae'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

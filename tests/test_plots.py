@@ -159,7 +159,8 @@ def test_run_plots_reconstructs_one_example_per_class(tmp_path, monkeypatch, ima
     history = {"epoch": [0, 1], "train": {"loss": [2.0, 1.0]}, "val": {"loss": [2.5, 1.5]}}
     seen = _calls(monkeypatch)
     paths = run_plots(recipe, variables, train, val, history, str(tmp_path), jax.random.key(1))
-    assert sorted(os.path.basename(p) for p in paths) == ["latent.png", "loss.png", "reconstructions.png", "samples.png"]
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "fisher_metric.png", "latent.png", "loss.png", "reconstructions.png", "samples.png"]
     name, rows, kw = seen[0]
     assert name == "reconstructions.png"
     np.testing.assert_array_equal(rows[0], val.x[[3, 2, 0, 5]])  # first 0, 2, 4, 7 of the validation labels
