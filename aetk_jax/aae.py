@@ -54,7 +54,7 @@ from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, encode,
 from .base import sample_prior as _sample_prior
 from .piwae import stop_part
 from .validation import check_scalar
-from .vae import elbo as _vae_elbo
+from .vae import elbo  # the VAE's ELBO scores a trained model (the training objective differs)
 
 #: the name of the discriminator's parameter group in ``variables["params"]``
 DISCRIMINATOR_GROUP = "discriminator"
@@ -191,24 +191,6 @@ def discriminator_loss(model: AAE, variables: Variables, x: jax.Array, key: jax.
     value = binary_cross_entropy(real, 1.0) + binary_cross_entropy(fake, 0.0)
     metrics = {"prior_score": jnp.mean(jax.nn.sigmoid(real)), "code_score": jnp.mean(jax.nn.sigmoid(fake))}
     return finish(value, metrics, aux)
-
-
-def elbo(
-    model: AutoEncoderModel, variables: Variables, x: jax.Array, key: jax.Array, *, n_samples: int = 1
-) -> jax.Array:
-    """Per-example ELBO log p(x|z) − KL(q(z|x) ‖ p(z)), ``(B,)`` — the VAE's, for scoring a trained AAE.
-
-    Args:
-        model: the model.
-        variables: its variables.
-        x: a batch ``(B, *data_shape)``.
-        key: PRNG key.
-        n_samples: codes per example.
-
-    Returns:
-        The ELBO per example.
-    """
-    return _vae_elbo(model, variables, x, key, n_samples=n_samples)
 
 
 __all__ = [

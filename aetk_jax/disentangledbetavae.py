@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, finish
 from .validation import check_int, check_scalar
-from .vae import elbo as _vae_elbo
+from .vae import elbo  # the VAE's ELBO scores a trained model (the training objective differs)
 
 
 class DisentangledBetaVAE(AutoEncoderModel):
@@ -100,24 +100,6 @@ def loss(
     loglik, kl = jnp.mean(t.loglik), jnp.mean(t.kl)
     value = -loglik + beta * jnp.mean(jnp.abs(t.kl - c.astype(t.kl.dtype)))
     return finish(value, {"loglikelihood": loglik, "kl": kl, "capacity": c, "elbo": loglik - kl}, aux)
-
-
-def elbo(
-    model: AutoEncoderModel, variables: Variables, x: jax.Array, key: jax.Array, *, n_samples: int = 1
-) -> jax.Array:
-    """Per-example ELBO log p(x|z) − KL, ``(B,)``: the VAE's (``aet.vae.elbo``); the capacity only shapes training.
-
-    Args:
-        model: the model.
-        variables: its variables.
-        x: a batch ``(B, *data_shape)``.
-        key: PRNG key.
-        n_samples: codes per example.
-
-    Returns:
-        The ELBO per example.
-    """
-    return _vae_elbo(model, variables, x, key, n_samples=n_samples)
 
 
 __all__ = ["DisentangledBetaVAE", "capacity", "elbo", "loss"]

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from .aae import DISCRIMINATOR_GROUP, Discriminator, binary_cross_entropy, discriminate, frozen_discriminator
 from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
 from .validation import check_key, check_scalar
-from .vae import elbo as _vae_elbo
+from .vae import elbo  # the VAE's ELBO scores a trained model (the training objective differs)
 
 
 class FactorVAE(AutoEncoderModel):
@@ -172,24 +172,6 @@ def discriminator_loss(model: FactorVAE, variables: Variables, x: jax.Array, key
     z = jax.lax.stop_gradient(sample_posterior(model, encode(model, variables, x), key, 1)[0])
     value = density_ratio_loss(model, variables, z, jax.random.fold_in(key, 1))
     return finish(value, {"tc": total_correlation(model, variables, z)}, aux)
-
-
-def elbo(
-    model: AutoEncoderModel, variables: Variables, x: jax.Array, key: jax.Array, *, n_samples: int = 1
-) -> jax.Array:
-    """Per-example ELBO, ``(B,)`` — the VAE's (``aet.vae.elbo``); the TC penalty only reshapes training.
-
-    Args:
-        model: the model.
-        variables: its variables.
-        x: a batch ``(B, *data_shape)``.
-        key: PRNG key.
-        n_samples: codes per example.
-
-    Returns:
-        The ELBO per example.
-    """
-    return _vae_elbo(model, variables, x, key, n_samples=n_samples)
 
 
 __all__ = [

@@ -147,7 +147,9 @@ class RHVAE(AutoEncoderModel):
         self.init_prior(z)
         out = self.decoder(z)
         # last, so that no other draw from the init key changes: < 2²⁴, exact in any float cast
-        self.variable("metric", "seed", lambda: jax.random.randint(self.make_rng("params"), (), 0, 2**24))
+        # stored as float32 (exact below 2²⁴) so that jax.grad over the whole variables pytree works
+        self.variable("metric", "seed", lambda: jax.random.randint(self.make_rng("params"), (), 0, 2**24)
+                      .astype(jnp.float32))
         return out
 
 

@@ -11,7 +11,7 @@ times the matrices reshaped to ``(N, d²)`` (a matmul), not a loop over centroid
 
 The stored metric lives in the non-trainable collection ``"metric"`` of the
 variables: ``"centroids"`` (N, d), ``"M"`` (N, d, d), the centroid data ``"x"``
-(N, *data_shape) and ``"seed"`` (an int32 drawn from the init key: the k-means
+(N, *data_shape) and ``"seed"`` (an integer below 2²⁴ drawn from the init key, stored as float32: the k-means
 of :func:`select_centroid_data` during ``fit`` uses
 ``fold_in(PRNGKey(seed), step)``, so the centroids follow the user's key and a
 resumed run picks the same ones). The functions take the RHVAE model (any

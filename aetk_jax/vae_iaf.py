@@ -31,8 +31,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 
-from . import flows as _flows
-from .base import Variables
+from .flows import elbo, loss  # the flowed ELBO and loss, written once in aet.flows
 from .flows import FlowVAE, IAFStep, run_layers
 from .validation import check_int
 
@@ -82,38 +81,6 @@ class VAE_IAF(FlowVAE):
 def _reverse(z: jax.Array, h: Any) -> tuple[jax.Array, jax.Array]:
     """Reverse the latent ordering (a permutation: log |det| = 0)."""
     return z[..., ::-1], jax.numpy.zeros(z.shape[:-1], z.dtype)
-
-
-def elbo(model: VAE_IAF, variables: Variables, x: jax.Array, key: jax.Array, *, n_samples: int = 1) -> jax.Array:
-    """Per-example flowed ELBO, ``(batch,)`` (``aet.flows.elbo``).
-
-    Args:
-        model: a ``VAE_IAF``.
-        variables: its variables.
-        x: data ``(batch, *data_shape)``.
-        key: PRNG key.
-        n_samples: S ≥ 1 draws averaged per example.
-
-    Returns:
-        The ELBO estimate for each example.
-    """
-    return _flows.elbo(model, variables, x, key, n_samples=n_samples)
-
-
-def loss(model: VAE_IAF, variables: Variables, x: jax.Array, key: jax.Array, **hyper: Any) -> Any:
-    """Negative flowed ELBO, a scalar (``aet.flows.loss``: ``beta=1.0``, ``n_samples=1``, ``aux``).
-
-    Args:
-        model: a ``VAE_IAF``.
-        variables: its variables.
-        x: data ``(batch, *data_shape)``.
-        key: PRNG key.
-        **hyper: ``beta``, ``n_samples``, ``aux`` of ``aet.flows.loss``.
-
-    Returns:
-        The loss, or ``(loss, metrics)`` with ``aux=True``.
-    """
-    return _flows.loss(model, variables, x, key, **hyper)
 
 
 __all__ = ["VAE_IAF", "elbo", "loss"]

@@ -26,12 +26,11 @@ q₀ and p (they cancel) and it has no β. The radial layer is pythae's and the 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 
-from . import flows as _flows
-from .base import Variables
+from .flows import elbo, loss  # the flowed ELBO and loss, written once in aet.flows
 from .flows import FLOWS, FlowVAE, PlanarFlow, RadialFlow, run_layers
 
 
@@ -66,38 +65,6 @@ class VAE_LinNF(FlowVAE):
             ``(z_K (..., batch, d), Σ_k log |det| (..., batch))``.
         """
         return run_layers(self.flow_layers, z0)
-
-
-def elbo(model: VAE_LinNF, variables: Variables, x: jax.Array, key: jax.Array, *, n_samples: int = 1) -> jax.Array:
-    """Per-example flowed ELBO, ``(batch,)`` (``aet.flows.elbo``).
-
-    Args:
-        model: a ``VAE_LinNF``.
-        variables: its variables.
-        x: data ``(batch, *data_shape)``.
-        key: PRNG key.
-        n_samples: S ≥ 1 draws averaged per example.
-
-    Returns:
-        The ELBO estimate for each example.
-    """
-    return _flows.elbo(model, variables, x, key, n_samples=n_samples)
-
-
-def loss(model: VAE_LinNF, variables: Variables, x: jax.Array, key: jax.Array, **hyper: Any) -> Any:
-    """Negative flowed ELBO, a scalar (``aet.flows.loss``: ``beta=1.0``, ``n_samples=1``, ``aux``).
-
-    Args:
-        model: a ``VAE_LinNF``.
-        variables: its variables.
-        x: data ``(batch, *data_shape)``.
-        key: PRNG key.
-        **hyper: ``beta``, ``n_samples``, ``aux`` of ``aet.flows.loss``.
-
-    Returns:
-        The loss, or ``(loss, metrics)`` with ``aux=True``.
-    """
-    return _flows.loss(model, variables, x, key, **hyper)
 
 
 __all__ = ["VAE_LinNF", "elbo", "loss"]

@@ -60,7 +60,7 @@ from .decoders import decoder_mean
 from .layers import Activation
 from .piwae import stop_part
 from .validation import check_int, check_scalar
-from .vae import elbo as _vae_elbo
+from .vae import elbo  # the VAE's ELBO scores a trained model (the training objective differs)
 
 
 class DiscriminatorOutput(NamedTuple):
@@ -228,24 +228,6 @@ def discriminator_loss(model: VAEGAN, variables: Variables, x: jax.Array, key: j
     check_inputs(model, x, key)
     frozen = stop_part(stop_part(variables, "encoder"), "decoder")
     return finish(gan_loss(model, frozen, x, jax.random.fold_in(key, 1)), {}, aux)
-
-
-def elbo(
-    model: AutoEncoderModel, variables: Variables, x: jax.Array, key: jax.Array, *, n_samples: int = 1
-) -> jax.Array:
-    """Per-example ELBO under the decoder's likelihood, ``(B,)`` — the VAE's (``aet.vae.elbo``).
-
-    Args:
-        model: the model.
-        variables: its variables.
-        x: a batch ``(B, *data_shape)``.
-        key: PRNG key.
-        n_samples: codes per example.
-
-    Returns:
-        The ELBO per example.
-    """
-    return _vae_elbo(model, variables, x, key, n_samples=n_samples)
 
 
 __all__ = [

@@ -550,8 +550,7 @@ def fit(
             the epoch's index (a traced ``int32``, e.g. ``aet.disentangledbetavae.loss``).
         data: an array ``(n, *data_shape)`` or an ``aet.data.Dataset`` (with ``y`` for a conditional model).
         key: the run's ``jax.random`` key.
-        optimizer: an optax transformation (default Adam 1e-3; a multi-phase model also takes a dict keyed by
-            its phases, e.g. InfoMax-VAE's ``{"vae", "mi"}``).
+        optimizer: an optax transformation (default Adam 1e-3), or a dict keyed by a multi-phase model's phases.
         epochs: the total number of epochs (a resumed run continues up to it).
         batch_size: examples per step.
         val_data: validation data, evaluated after every epoch.
