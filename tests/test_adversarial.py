@@ -170,6 +170,7 @@ PHASES = {"factorvae": ("autoencoder", "discriminator"), "aae": ("autoencoder", 
           "vaegan": ("encoder", "decoder", "discriminator")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["factorvae", "aae", "vaegan"])
 def test_adversarial_training_is_deterministic_and_resumes_bit_exactly(digits, tmp_path, name):
     """Three epochs in one go, and two epochs then a resumed third from the checkpoint, with the same
@@ -203,6 +204,7 @@ def _pixel_errors(model, variables, x):
     return float(jnp.mean((rec - x) ** 2)), float(jnp.mean((jnp.roll(rec, 1, axis=0) - x) ** 2))
 
 
+@pytest.mark.slow
 def test_aae_trains_on_digits(digits):
     train, val = digits
     x_val = jnp.asarray(val.x)
@@ -223,6 +225,7 @@ def test_aae_trains_on_digits(digits):
     assert _pixel_errors(model, variables, x_val)[0] < 0.068
 
 
+@pytest.mark.slow
 def test_vaegan_trains_on_digits(digits):
     """VAE-GAN's reconstruction error lives in the discriminator's features, not in pixels: the
     held-out test is that the decoder's reconstructions move towards the digits in pixel space.
@@ -320,6 +323,7 @@ def test_bad_hyperparameters_raise(batch):
 # ------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["factorvae", "disentangledbetavae", "aae", "vaegan"])
 def test_cli_trains_the_model(tmp_path, capsys, name):
     out = str(tmp_path / name)

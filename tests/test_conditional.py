@@ -47,6 +47,7 @@ def _batch(n: int = 6, seed: int = 0):
 # --------------------------------------------------------------------------- generation per label
 
 
+@pytest.mark.slow
 def test_conditional_vae_generates_the_requested_digit(digits):
     """Samples drawn for label k are recognised as digit k by a logistic regression trained on the digits.
 
@@ -353,6 +354,7 @@ def test_losses_refuse_bad_pairs():
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_cli_condition_on_labels_trains_evaluates_and_plots_per_class(tmp_path, capsys):
     out = str(tmp_path / "cvae")
     status = cli.main(["train", "--condition-on-labels", "--epochs", "1", "--out", out, "--hidden", "16",

@@ -91,6 +91,7 @@ def test_build_conv_bad_shapes_raise_naming_the_argument(kwargs, match):
         builders.build("vae", (64,), **kwargs)
 
 
+@pytest.mark.slow
 def test_cli_arch_conv_trains_on_digits(tmp_path):
     out = str(tmp_path / "conv")
     assert cli.main(["train", "--model", "vae", "--arch", "conv", "--epochs", "2", "--out", out, *TINY]) == 0
@@ -124,6 +125,7 @@ def _stripes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@pytest.mark.slow
 def test_cli_arch_conv_trains_on_a_28x28_idx_file(tmp_path):
     images, labels = _stripes(128, 28, 0)
     path = tmp_path / "train-images-idx3-ubyte.gz"

@@ -110,6 +110,7 @@ def test_make_step_passes_the_epoch_only_to_losses_that_take_it(digits):
     assert float(a["loss"]) == float(b["loss"])
 
 
+@pytest.mark.slow
 def test_trains_on_digits(digits):
     train, val = digits
     model = dbv.DisentangledBetaVAE(*small_vae_parts(hidden=32))

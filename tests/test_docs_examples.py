@@ -15,6 +15,7 @@ DOCS = os.path.join(EXAMPLES, "..")
 SCRIPTS = sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".py") and not f.startswith("_"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_example_runs(script, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AETK_EXAMPLE_OUT", str(tmp_path))

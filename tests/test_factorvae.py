@@ -138,6 +138,7 @@ def test_variables_are_the_vaes_plus_a_discriminator(digits):
                                np.asarray(aet.vae.elbo(vae, {"params": rest}, x, jax.random.key(1))), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_trains_on_digits(digits):
     train, val = digits
     model = _model(hidden=32, width=32, latent=4)

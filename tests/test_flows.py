@@ -249,6 +249,7 @@ def _pixel_mean_bound(train, val):
     return float(np.mean(np.sum(val.x * np.log(p) + (1 - val.x) * np.log(1 - p), axis=1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vae_linnf", "vae_iaf"])
 def test_trains_on_digits(digits, name):
     train, val = digits

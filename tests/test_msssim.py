@@ -201,6 +201,7 @@ def test_loss_is_one_minus_msssim_plus_beta_kl():
     np.testing.assert_allclose(float(jitted(v, x, key)), float(value), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_trains_on_digits(digits):
     train, val = digits
     enc, dec = small_vae_parts(latent_dim=2, hidden=64)

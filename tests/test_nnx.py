@@ -119,6 +119,7 @@ def vae_run(digits, tmp_path_factory):
     return d, _fit("vae", digits[0].x[:256], checkpoint_dir=d)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_nnx_encoder_body_trains(name, digits, vae_run):
     """The training loss falls, and on held-out digits the trained encoder/decoder's plain ELBO

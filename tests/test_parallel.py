@@ -260,6 +260,7 @@ STEP_RTOL, STEP_ATOL = 1e-5, 1e-6
 FIT_RTOL, FIT_ATOL = 1e-5, 1e-6
 
 
+@pytest.mark.slow
 def test_sharded_draws_equal_unsharded(workers):
     """The mechanism the sharded path relies on: a draw for a global array is the same however it is sharded."""
     res = workers["devices"]

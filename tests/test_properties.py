@@ -153,6 +153,7 @@ def test_hvae_loss_finite(x, key, eps, beta0, tempering):
     assert _all_finite(out)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(x=unit_data(), key=keys, eps=st.floats(1e-5, 0.05), beta0=st.floats(0.05, 1.0))
 def test_rhvae_loss_finite(x, key, eps, beta0):

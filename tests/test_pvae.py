@@ -158,6 +158,7 @@ def _pvae(family="wrapped", c=1.0, hidden=64):
     return aet.PoincareVAE(enc, dec, curvature=c, distribution=family)
 
 
+@pytest.mark.slow
 def test_poincare_vae_trains_on_digits_and_is_scored_and_sampled(digits):
     train, val = digits
     model = _pvae()

@@ -148,6 +148,7 @@ def test_draws_and_gradients_are_finite_in_float32_for_extreme_concentrations():
     assert abs(np.mean(1 - w) - (1 - _A(3, 1e4))) < 4 * np.std(1 - w) / np.sqrt(500)
 
 
+@pytest.mark.slow
 def test_svae_trains_on_digits_and_is_scored_and_sampled(digits):
     train, val = digits
     model = _svae(d=3, hidden=64)

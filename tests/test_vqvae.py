@@ -257,6 +257,7 @@ def _fit(model, loss_fn, x, epochs, **kw):
                          batch_size=64, progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_vqvae_trains_on_digits_uses_codes_samples_and_resumes_bit_exactly(digits, tmp_path):
     """An EMA run with restarts: the loss falls, > 1 code is used, sampling works after fitting the prior,
     and the run resumed after its 4th epoch ends bit-identical to the uninterrupted one."""
@@ -289,6 +290,7 @@ def test_vqvae_trains_on_digits_uses_codes_samples_and_resumes_bit_exactly(digit
     assert hist == history
 
 
+@pytest.mark.slow
 def test_hrqvae_trains_on_digits(digits):
     train, val = digits
     x, xv = jnp.asarray(train.x), jnp.asarray(val.x)
