@@ -1,7 +1,9 @@
 """Shared test configuration: CPU only, small models, the bundled digits."""
 from __future__ import annotations
 
+import math
 import os
+from typing import NamedTuple
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -84,3 +86,30 @@ def linear_gaussian(mean_shift: float = 0.0, sigma_scale: float = 1.0, model_cls
     sq, sp = np.sqrt(S) * sigma_scale, np.sqrt(S)
     kl = 0.5 * np.sum(sq**2 / sp**2 + mean_shift**2 / sp**2 - 1 + 2 * np.log(sp / sq)) * np.ones(B)
     return model, variables, jnp.asarray(x), logpx, logpx - kl, m
+
+
+class FixedScaleParams(NamedTuple):
+    mu: jax.Array
+
+
+class FixedScaleDecoder(nn.Module):
+    """A user's likelihood aet knows nothing about: p(x|z) = N(x; Dense(z), 0.5² I).
+
+    Shared by the tests that check a model accepts a user-registered likelihood.
+    """
+
+    output_dim: int
+
+    @nn.compact
+    def __call__(self, z):
+        return FixedScaleParams(nn.Dense(self.output_dim)(z))
+
+
+@aet.decoder_loglikelihood.register(FixedScaleDecoder)
+def _fixed_scale_loglik(decoder, x, out):
+    return jnp.sum(-0.5 * ((x - out.mu) / 0.5) ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi), axis=-1)
+
+
+@aet.decoders.decoder_mean.register(FixedScaleDecoder)
+def _fixed_scale_mean(decoder, out):
+    return out.mu

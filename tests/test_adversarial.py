@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import small_vae_parts
+from conftest import FixedScaleDecoder, small_vae_parts
 
 import aetk_jax as aet
 from aetk_jax import aae, cli, factorvae, vaegan
@@ -250,42 +250,18 @@ def test_vaegan_trains_on_digits(digits):
 # ------------------------------------------------------------------ user-registered likelihoods
 
 
-class _FixedScaleParams(NamedTuple):
-    mu: jax.Array
-
-
-class _FixedScaleDecoder(nn.Module):
-    """p(x|z) = N(x; Dense(z), 0.5² I): a decoder type aet knows nothing about."""
-
-    output_dim: int
-
-    @nn.compact
-    def __call__(self, z):
-        return _FixedScaleParams(nn.Dense(self.output_dim)(z))
-
-
-@aet.decoder_loglikelihood.register(_FixedScaleDecoder)
-def _fixed_scale_loglik(decoder, x, out):
-    return jnp.sum(-0.5 * ((x - out.mu) / 0.5) ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi), axis=-1)
-
-
-@aet.decoders.decoder_mean.register(_FixedScaleDecoder)
-def _fixed_scale_mean(decoder, out):
-    return out.mu
-
-
 def test_user_registered_likelihood(batch):
     """AAE: loss − s·generator = −mean log p(x|z) under the user's likelihood; VAE-GAN: its
     reconstruction x̃ is the user's registered mean."""
     x, key = batch[:8], jax.random.key(3)
-    model = _aae(decoder=_FixedScaleDecoder(64))
+    model = _aae(decoder=FixedScaleDecoder(64))
     variables = model.init(jax.random.key(0), x)
     value, m = aae.loss(model, variables, x, key, adversarial_loss_scale=0.5, aux=True)
     z = aet.base.elbo_terms(model, variables, x, key).z[0]
     mu = np.asarray(aet.base.decode(model, variables, z).mu, np.float64)
     nll = np.mean(np.sum(0.5 * ((np.asarray(x) - mu) / 0.5) ** 2 + math.log(0.5) + 0.5 * math.log(2 * math.pi), 1))
     np.testing.assert_allclose(float(value - 0.5 * m["generator"]), nll, rtol=1e-5)
-    model = _vaegan(decoder=_FixedScaleDecoder(64))
+    model = _vaegan(decoder=FixedScaleDecoder(64))
     variables = model.init(jax.random.key(0), x)
     _, m = vaegan.loss(model, variables, x, key, aux=True)
     z = aet.base.elbo_terms(model, variables, x, key).z[0]

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import linear_gaussian
+from conftest import FixedScaleDecoder, linear_gaussian
 
 import aetk_jax as aet
 from aetk_jax import betatcvae
@@ -257,30 +257,11 @@ def test_bad_hyperparameters_raise(digits):
         betatcvae.loss(model, variables, x[:1], key, dataset_size=100, estimator="stratified")
 
 
-class _FixedScaleParams(NamedTuple):
-    mu: jax.Array
-
-
-class _FixedScaleDecoder(nn.Module):
-    """p(x|z) = N(x; Dense(z), 0.5² I): a decoder type aet knows nothing about."""
-
-    output_dim: int
-
-    @nn.compact
-    def __call__(self, z):
-        return _FixedScaleParams(nn.Dense(self.output_dim)(z))
-
-
-@aet.decoder_loglikelihood.register(_FixedScaleDecoder)
-def _fixed_scale_loglik(decoder, x, out):
-    return jnp.sum(-0.5 * ((x - out.mu) / 0.5) ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi), axis=-1)
-
-
 def test_user_registered_likelihood(digits):
     """With α = β = γ = 0 the loss is −mean log p(x|z) under the user's likelihood, z the VAE's draw."""
     train, _ = digits
     enc = aet.JointGaussianLogEncoder(aet.MLP([16]), 2)
-    model = BetaTCVAE(enc, _FixedScaleDecoder(64))
+    model = BetaTCVAE(enc, FixedScaleDecoder(64))
     x = jnp.asarray(train.x[:8])
     variables = model.init(jax.random.key(0), x)
     key = jax.random.key(3)

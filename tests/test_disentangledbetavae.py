@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import small_vae_parts
+from conftest import FixedScaleDecoder, small_vae_parts
 
 import aetk_jax as aet
 from aetk_jax import disentangledbetavae as dbv
@@ -134,29 +134,10 @@ def test_trains_on_digits(digits):
         assert abs(kl[e] - 4.0 * min(e / 3, 1.0)) < 0.6, kl
 
 
-class _FixedScaleParams(NamedTuple):
-    mu: jax.Array
-
-
-class _FixedScaleDecoder(nn.Module):
-    """p(x|z) = N(x; Dense(z), 0.5² I): a decoder type aet knows nothing about."""
-
-    output_dim: int
-
-    @nn.compact
-    def __call__(self, z):
-        return _FixedScaleParams(nn.Dense(self.output_dim)(z))
-
-
-@aet.decoder_loglikelihood.register(_FixedScaleDecoder)
-def _fixed_scale_loglik(decoder, x, out):
-    return jnp.sum(-0.5 * ((x - out.mu) / 0.5) ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi), axis=-1)
-
-
 def test_user_registered_likelihood(digits):
     """β = 0: the loss is −mean log p(x|z) under the user's likelihood at the VAE's draw."""
     enc = aet.JointGaussianLogEncoder(aet.MLP([16]), 2)
-    model = dbv.DisentangledBetaVAE(enc, _FixedScaleDecoder(64))
+    model = dbv.DisentangledBetaVAE(enc, FixedScaleDecoder(64))
     x = jnp.asarray(digits[0].x[:8])
     variables = model.init(jax.random.key(0), x)
     key = jax.random.key(3)

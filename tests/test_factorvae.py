@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import small_vae_parts
+from conftest import FixedScaleDecoder, small_vae_parts
 
 import aetk_jax as aet
 from aetk_jax import aae, factorvae
@@ -158,28 +158,9 @@ def test_trains_on_digits(digits):
     assert after > before + 11.0 and after > -33.0, (before, after)
 
 
-class _FixedScaleParams(NamedTuple):
-    mu: jax.Array
-
-
-class _FixedScaleDecoder(nn.Module):
-    """p(x|z) = N(x; Dense(z), 0.5² I): a decoder type aet knows nothing about."""
-
-    output_dim: int
-
-    @nn.compact
-    def __call__(self, z):
-        return _FixedScaleParams(nn.Dense(self.output_dim)(z))
-
-
-@aet.decoder_loglikelihood.register(_FixedScaleDecoder)
-def _fixed_scale_loglik(decoder, x, out):
-    return jnp.sum(-0.5 * ((x - out.mu) / 0.5) ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi), axis=-1)
-
-
 def test_user_registered_likelihood(digits):
     """The reconstruction term is the user's log-likelihood: loss − KL − γ·TC = −mean log p(x|z)."""
-    model = factorvae.FactorVAE(aet.JointGaussianLogEncoder(aet.MLP([16]), 2), _FixedScaleDecoder(64), _disc(8))
+    model = factorvae.FactorVAE(aet.JointGaussianLogEncoder(aet.MLP([16]), 2), FixedScaleDecoder(64), _disc(8))
     x = jnp.asarray(digits[0].x[:8])
     variables = model.init(jax.random.key(0), x)
     key = jax.random.key(3)
