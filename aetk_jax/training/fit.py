@@ -17,7 +17,9 @@ batches. ``history`` is ``{"epoch": [...], "train": {metric: [...]},
 The run is a function of ``key``: epoch ``e`` uses ``fold_in(key, e)``, so
 a run resumed from a checkpoint (``resume=True``) ends with bit-identical
 parameters to an uninterrupted one. With ``checkpoint_dir`` a checkpoint is
-written atomically after every epoch (after the callbacks).
+written atomically after every epoch (after the callbacks), in orbax's background
+thread while the next epoch trains; ``fit`` waits for the last one before it
+returns or raises, so the checkpoint it reports is complete.
 
 A callback ``cb(epoch, variables, history)`` runs after every epoch; if it
 returns ``True`` training stops. With ``mesh`` (a ``jax.sharding.Mesh``)
@@ -30,7 +32,8 @@ multi-process run (``aet.parallel.initialize``) ``data`` and ``val_data``
 are this process's shards (``aet.parallel.process_shard``), gathered in
 process order; only process 0 shows progress and writes checkpoints.
 
-Checkpoints (``ckpt_EEEEEE.msgpack``, msgpack + sha256, never pickle) hold
+Checkpoints (orbax folders ``ckpt_EEEEEE/`` verified by a SHA-256 digest, never
+pickle; :mod:`aet.checkpoint`, which also reads the older ``.msgpack`` files) hold
 the training state (parameters, optimizer state, step), the epoch, the
 history, ``key`` and the model's configuration (every field of the module
 tree, :func:`aet.checkpoint.model_config`) with the shapes of every leaf.
@@ -278,6 +281,7 @@ class _Run:
         self.setup, self.state = setup, setup.state
         self.history: dict[str, Any] = {"epoch": [], "train": {}, "val": {}}
         self.start, self.last_ckpt = 0, None
+        self.writer: Optional[ckpt.Writer] = None  # the checkpoint writer, made at the first checkpoint
         self.set_key(key)
         # NaN until the first good step: the same pytree in every epoch, so the epoch compiles once
         self.ref = jnp.full((), jnp.nan, jnp.float32)
@@ -414,9 +418,9 @@ def _clear_old_run(checkpoint_dir: str) -> None:
     if jax.process_index() != 0:
         return
     old = ckpt.list_checkpoints(checkpoint_dir)
+    for path in old + ckpt.unfinished(checkpoint_dir):
+        ckpt.remove(path)
     if old:
-        for path in old:
-            os.unlink(path)
         warnings.warn(
             f"starting a new run in {checkpoint_dir}: removed {len(old)} checkpoint(s) of a previous run "
             "(pass resume=True to continue it instead)",
@@ -495,7 +499,9 @@ def _finish_epoch(run: _Run, epoch: int, callbacks: Sequence[Callable], checkpoi
         stop = bool(cb(epoch, run.state.variables, run.history)) or stop
     history_json = json.dumps(run.history)
     if checkpoint_dir is not None and jax.process_index() == 0:  # one writer per run
-        run.last_ckpt = ckpt.save(checkpoint_dir, epoch, run.payload(epoch, history_json), keep=keep)
+        if run.writer is None:
+            run.writer = ckpt.Writer(checkpoint_dir, keep=keep, asynchronous=True)
+        run.last_ckpt = run.writer.save(epoch, run.payload(epoch, history_json))
     if bar is not None:
         post = {"loss": f"{train_metrics['loss']:.4g}"}
         if run.history["val"]:
@@ -594,6 +600,8 @@ def fit(
         sigint.restore()
         if bar is not None:
             bar.close()
+        if run is not None and run.writer is not None:
+            run.writer.close()  # the last background save is complete before fit returns or raises
     return jax.device_get(run.state.variables), run.history
 
 
