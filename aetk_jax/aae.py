@@ -38,52 +38,29 @@ Departures from pythae (``pythae.models.Adversarial_AE``):
   encoder updated by the generator loss alone); like pythae, the reconstruction
   and generator terms are one loss here.
 
-The discriminator pieces (:class:`Discriminator`, :func:`binary_cross_entropy`)
-are shared with ``aet.factorvae`` and ``aet.vaegan``.
+The discriminator pieces (:class:`Discriminator`, :func:`binary_cross_entropy`,
+:func:`discriminate`, :func:`frozen_discriminator`) and the base class
+(``aet.adversarial.AdversarialModel``) are shared with ``aet.factorvae`` and
+``aet.vaegan`` and live in ``aet.adversarial``; this module re-exports them.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
+from .adversarial import (
+    DISCRIMINATOR_GROUP, AdversarialModel, Discriminator, binary_cross_entropy, discriminate, frozen_discriminator,
+    leaky_relu,
+)
+from .base import Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
 from .base import sample_prior as _sample_prior
-from .piwae import stop_part
 from .validation import check_scalar
 from .vae import elbo  # the VAE's ELBO scores a trained model (the training objective differs)
 
-#: the name of the discriminator's parameter group in ``variables["params"]``
-DISCRIMINATOR_GROUP = "discriminator"
 
-
-def leaky_relu(x: jax.Array) -> jax.Array:
-    """LeakyReLU with slope 0.2 for x < 0 (the default discriminators' nonlinearity, as pythae's)."""
-    return nn.leaky_relu(x, negative_slope=0.2)
-
-
-class Discriminator(nn.Module):
-    """A discriminator on codes (or any inputs): ``body`` on the flattened input, then a scalar logit.
-
-    ``z``: ``(batch, ...)``; returns the logits ``(batch,)``. ``body`` is any flax
-    module mapping ``(batch, n)`` to features, e.g.
-    ``aet.MLP([64, 64], activation=nn.leaky_relu, final_activation=nn.leaky_relu)``.
-
-    Attributes:
-        body: the feature network before the logit head.
-    """
-
-    body: nn.Module
-
-    @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        return nn.Dense(1, name="head")(self.body(z.reshape(z.shape[0], -1)))[..., 0]
-
-
-class AAE(AutoEncoderModel):
+class AAE(AdversarialModel):
     """``AAE(encoder, decoder, discriminator)``: a stochastic encoder, a likelihood decoder and D(z).
 
     ``model.init(key, x)`` creates the ``encoder``, ``decoder`` and ``discriminator``
@@ -92,43 +69,6 @@ class AAE(AutoEncoderModel):
     Attributes:
         discriminator: a flax module mapping codes ``(batch, d)`` to logits ``(batch,)``.
     """
-
-    discriminator: nn.Module
-
-    def discriminate(self, z: jax.Array) -> jax.Array:
-        return self.discriminator(z)
-
-    def __call__(self, x: jax.Array) -> Any:
-        out = super().__call__(x)  # the encoder, decoder (and prior) parameters, as the VAE's
-        self.discriminator(jnp.zeros((1, self.latent_dim)))
-        return out
-
-
-def binary_cross_entropy(logits: jax.Array, target: float) -> jax.Array:
-    """Mean over the batch of −[t log σ(l) + (1 − t) log(1 − σ(l))] for logits ``l`` and a constant label t.
-
-    Args:
-        logits: discriminator logits, any shape.
-        target: the label, 1.0 ("real"/"prior"/"joint") or 0.0.
-
-    Returns:
-        A scalar (``optax.sigmoid_binary_cross_entropy``, stable for any logit).
-    """
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
-
-
-def discriminate(model: nn.Module, variables: Variables, z: jax.Array) -> Any:
-    """The discriminator's output for ``z`` (logits ``(batch,)`` for AAE and FactorVAE)."""
-    return model.apply(variables, z, method="discriminate")
-
-
-def frozen_discriminator(variables: Variables) -> Variables:
-    """``variables`` with the discriminator's parameters treated as constants (``stop_gradient``)."""
-    if DISCRIMINATOR_GROUP not in variables.get("params", {}):
-        raise ValueError(
-            f"`variables['params']` has no '{DISCRIMINATOR_GROUP}' group: were they made by the model's init?"
-        )
-    return stop_part(variables, DISCRIMINATOR_GROUP)
 
 
 def _check_scale(value: Any) -> None:

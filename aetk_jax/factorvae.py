@@ -52,29 +52,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .aae import DISCRIMINATOR_GROUP, Discriminator, binary_cross_entropy, discriminate, frozen_discriminator
-from .base import AutoEncoderModel, Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
+from .adversarial import DISCRIMINATOR_GROUP, AdversarialModel, Discriminator, binary_cross_entropy, discriminate
+from .adversarial import frozen_discriminator
+from .base import Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
 from .validation import check_key, check_scalar
 from .vae import elbo  # the VAE's ELBO scores a trained model (the training objective differs)
 
 
-class FactorVAE(AutoEncoderModel):
+class FactorVAE(AdversarialModel):
     """``FactorVAE(encoder, decoder, discriminator)``: a stochastic encoder, any decoder and D(z).
 
     Attributes:
         discriminator: a flax module mapping codes ``(batch, d)`` to logits ``(batch,)``
             (e.g. ``aet.aae.Discriminator(body)``).
     """
-
-    discriminator: nn.Module
-
-    def discriminate(self, z: jax.Array) -> jax.Array:
-        return self.discriminator(z)
-
-    def __call__(self, x: jax.Array) -> Any:
-        out = super().__call__(x)  # the encoder, decoder (and prior) parameters, as the VAE's
-        self.discriminator(jnp.zeros((1, self.latent_dim)))
-        return out
 
 
 def permute_dims(z: jax.Array, key: jax.Array) -> jax.Array:

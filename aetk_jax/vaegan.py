@@ -54,8 +54,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .aae import binary_cross_entropy, discriminate, frozen_discriminator
-from .base import AutoEncoderModel, Variables, check_inputs, decode, elbo_terms, finish, sample_prior
+from .adversarial import AdversarialModel, binary_cross_entropy, discriminate, frozen_discriminator
+from .base import Variables, check_inputs, decode, elbo_terms, finish, sample_prior
 from .decoders import decoder_mean
 from .layers import Activation
 from .piwae import stop_part
@@ -94,22 +94,23 @@ class FeatureDiscriminator(nn.Module):
         return DiscriminatorOutput(nn.Dense(1, name="head")(h)[..., 0], tuple(feats))
 
 
-class VAEGAN(AutoEncoderModel):
+class VAEGAN(AdversarialModel):
     """``VAEGAN(encoder, decoder, discriminator)``: a stochastic encoder, a likelihood decoder, D(x).
 
     Attributes:
         discriminator: a flax module mapping data ``(batch, *data_shape)`` to a :class:`DiscriminatorOutput`.
     """
 
-    discriminator: nn.Module
+    def discriminator_example(self, x: jax.Array) -> jax.Array:
+        """D's parameters are created on the data ``x`` itself (D sees data, not codes).
 
-    def discriminate(self, x: jax.Array) -> DiscriminatorOutput:
-        return self.discriminator(x)
+        Args:
+            x: the data given to ``__call__``.
 
-    def __call__(self, x: jax.Array) -> Any:
-        out = super().__call__(x)  # the encoder, decoder (and prior) parameters, as the VAE's
-        self.discriminator(x[0] if isinstance(x, tuple) else x)
-        return out
+        Returns:
+            ``x``.
+        """
+        return x
 
 
 def _layer(out: DiscriminatorOutput, reconstruction_layer: int) -> jax.Array:
