@@ -101,7 +101,7 @@ from .. import checkpoint as ckpt
 from ..base import check_condition, is_conditional
 from ..decoders import check_support
 from ..validation import check_array, check_int, check_key, check_scalar
-from . import devices
+from . import devices, streaming
 from .epoch import EpochResult, make_epoch, make_evaluator
 from .hooks import make_trainer
 from .step import LossFn, Trainer, TrainState, Variables, identity_end, lr_scales, scale_by_lr_factor
@@ -194,7 +194,8 @@ def _check_data_support(model: nn.Module, x: Any, x_val: Any) -> None:
     decoder = getattr(model, "decoder", None)
     if not isinstance(decoder, nn.Module):
         return
-    check_support(decoder, jax.device_get(x), name="data")
+    if x is not None:  # None: a streamed source, checked chunk by chunk (streaming.check_source)
+        check_support(decoder, jax.device_get(x), name="data")
     if x_val is not None:
         check_support(decoder, jax.device_get(x_val), name="val_data")
 
@@ -249,6 +250,11 @@ def _as_inputs(model: nn.Module, data: Any, name: str) -> Any:
 def _data_part(x: Any) -> jax.Array:
     """The data array of ``x`` or of the pair ``(x, c)``."""
     return x[0] if isinstance(x, tuple) else x
+
+
+def _n_train(x: Any) -> int:
+    """The number of training examples of the placed data or of a streamed source."""
+    return len(x) if isinstance(x, streaming.Source) else _data_part(x).shape[0]
 
 
 def _to_host(tree: Any) -> dict[str, float]:
@@ -323,19 +329,29 @@ def _check_fit_args(model: Any, loss_fn: Any, key: Any, epochs: Any, batch_size:
         raise TypeError("`callbacks` must be a sequence of callables cb(epoch, variables, history)")
 
 
-def _check_data(model: nn.Module, data: Any, val_data: Any, batch_size: int) -> tuple[Any, Any]:
+def _check_data(model: nn.Module, data: Any, val_data: Any, batch_size: int,
+                chunk_size: Optional[int] = None) -> tuple[Any, Any]:
     """``data`` and ``val_data`` as arrays (pairs ``(x, c)`` for a conditional model), checked
-    (shapes, batch size, labels, the decoder's support)."""
-    x = _as_inputs(model, data, "data")
-    xd = _data_part(x)
-    n_total = xd.shape[0] * jax.process_count()  # with several processes `data` is one shard
+    (shapes, batch size, labels, the decoder's support); with ``chunk_size`` ``data`` is a
+    :class:`streaming.Source`, checked chunk by chunk (``val_data`` stays in memory)."""
+    if chunk_size is None and streaming.is_random_access(data) and not hasattr(data, "x"):
+        raise TypeError(f"`data` is a random-access source ({type(data).__name__}), not an array: pass "
+                        "`chunk_size` to stream it chunk by chunk")
+    if chunk_size is not None and jax.process_count() > 1:
+        raise ValueError("`chunk_size`: streaming is single-process only; in a multi-process run pass each "
+                         "process's shard in memory without chunk_size")
+    x = _as_inputs(model, data, "data") if chunk_size is None else streaming.as_source(model, data, "data")
+    n_total = _n_train(x) * jax.process_count()  # with several processes `data` is one shard
     if batch_size > n_total:
         raise ValueError(f"`batch_size` ({batch_size}) is larger than the data ({n_total} examples)")
+    if chunk_size is not None:
+        streaming.check_chunk_size(chunk_size, batch_size, n_total)
     x_val = None if val_data is None else _as_inputs(model, val_data, "val_data")
     xv = None if x_val is None else _data_part(x_val)
-    if xv is not None and xv.shape[1:] != xd.shape[1:]:
-        raise ValueError(f"`val_data` has per-example shape {xv.shape[1:]}, `data` has {xd.shape[1:]}")
-    _check_data_support(model, xd, xv)
+    shape = _data_part(x).shape[1:] if chunk_size is None else streaming.check_source(model, x, chunk_size)
+    if xv is not None and xv.shape[1:] != shape:
+        raise ValueError(f"`val_data` has per-example shape {xv.shape[1:]}, `data` has {shape}")
+    _check_data_support(model, None if chunk_size is not None else _data_part(x), xv)
     return x, x_val
 
 
@@ -364,25 +380,47 @@ def _place(state: TrainState, x: jax.Array, x_val: Optional[jax.Array], mesh: An
     # the data set, replicated on every device; with several processes
     # `data` is this process's shard and the shards are concatenated
     gather = lambda t: jax.tree_util.tree_map(lambda a: devices.gather_data(a, mesh), t)  # noqa: E731  (x, c) too
-    x = gather(x)
+    if not isinstance(x, streaming.Source):  # a source's chunks are replicated as they are read
+        x = gather(x)
     if x_val is not None and jax.process_count() > 1:
         x_val = gather(x_val)
     return jax.device_put(state, replicated), x, x_val, devices.batch_sharding(mesh), replicated
 
 
-def _setup(model: nn.Module, loss_fn: LossFn, x: jax.Array, x_val: Optional[jax.Array], key: jax.Array,
-           variables: Optional[Variables], optimizer: Any, mesh: Any, batch_size: int, policy: dict[str, Any]) -> _Setup:
+def _end_data_shape(x: Any, chunk_size: Optional[int]) -> Any:
+    """What the end-of-epoch update sees: the data, or for a source one chunk (its shape only)."""
+    if chunk_size is None:
+        return x
+    first = x.read(np.arange(chunk_size))
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), first)
+
+
+def _setup(model: nn.Module, loss_fn: LossFn, x: Any, x_val: Optional[jax.Array], key: jax.Array,
+           variables: Optional[Variables], optimizer: Any, mesh: Any, batch_size: int, policy: dict[str, Any],
+           chunk_size: Optional[int] = None) -> _Setup:
     """Initialise the state, place it on the mesh and compile-ready the epoch, end-of-epoch and evaluator."""
     if variables is None:
-        variables = model.init(jax.random.split(key, 3)[0], jax.tree_util.tree_map(lambda a: a[:1], x))
+        first = x.read(np.arange(1)) if chunk_size else jax.tree_util.tree_map(lambda a: a[:1], x)
+        variables = model.init(jax.random.split(key, 3)[0], jax.tree_util.tree_map(jnp.asarray, first))
     trainer = make_trainer(model, loss_fn, optimizer)
     state, x, x_val, batch_spec, replicated = _place(trainer.init(variables), x, x_val, mesh, batch_size)
-    run_epoch = jax.jit(make_epoch(trainer.step, batch_size, batch_spec, **policy))
+    has_end = trainer.end_epoch is not identity_end
+    if chunk_size is None:
+        run_epoch = jax.jit(make_epoch(trainer.step, batch_size, batch_spec, **policy))
+    else:
+        run_epoch = streaming.ChunkedEpoch(trainer.step, batch_size, chunk_size, len(x), sharding=batch_spec,
+                                           placement=replicated, keep_sample=has_end, **policy)
     end_epoch = None
-    if trainer.end_epoch is not identity_end:
+    if has_end:
         # trace the end-of-epoch update now, so that its argument errors (e.g. an RHVAE
-        # with more centroids than data) surface before the first epoch is trained
-        jax.eval_shape(trainer.end_epoch, state, x)
+        # with more centroids than data, or than a chunk) surface before the first epoch is trained
+        try:
+            jax.eval_shape(trainer.end_epoch, state, _end_data_shape(x, chunk_size))
+        except ValueError as err:
+            if chunk_size is None:
+                raise
+            raise ValueError(f"`chunk_size` ({chunk_size}): the end-of-epoch update of {type(model).__name__} "
+                             f"sees one chunk of the data when streaming: {err}") from None
         end_epoch = jax.jit(trainer.end_epoch)
     evaluate = make_evaluator(loss_fn, batch_size) if x_val is not None else None
     sig = json.dumps({**ckpt.model_config(model), **ckpt.signature(state)}, sort_keys=True)
@@ -437,7 +475,7 @@ def _check_failure(run: _Run, res: EpochResult, host: dict[str, Any], epoch: int
     terms = {k: float(v) for k, v in jax.device_get(res.bad_metrics).items()}
     nonfinite = sorted(k for k, v in terms.items() if k != "finite" and not math.isfinite(v))
     detail = _failure_detail(terms, nonfinite, float(run.ref), policy["divergence_factor"])
-    n_batches = _data_part(run.setup.x).shape[0] // policy["batch_size"]
+    n_batches = _n_train(run.setup.x) // policy["batch_size"]
     if skip and n_skipped < n_batches and scale >= 1e-6:
         warnings.warn(
             f"epoch {epoch}: skipped {n_skipped} of {n_batches} steps with a non-finite or diverged "
@@ -487,7 +525,11 @@ def _run_epoch(run: _Run, epoch: int, policy: dict[str, Any]) -> dict[str, float
     host["lr_scale"] = min(float(v) for v in host["scales"]) if host["scales"] else None
     if host["bad_step"] >= 0:
         _check_failure(run, res, host, epoch, policy)
-    run.state = res.state if setup.end_epoch is None else setup.end_epoch(res.state, setup.x)
+    if setup.end_epoch is not None:  # streamed: the epoch's last full chunk (streaming.ChunkedEpoch.sample)
+        end_x = setup.run_epoch.sample if isinstance(setup.x, streaming.Source) else setup.x
+        run.state = setup.end_epoch(res.state, end_x)
+    else:
+        run.state = res.state
     return _record(run, host, epoch, policy["skip_nonfinite"])
 
 
@@ -541,6 +583,7 @@ def fit(
     on_nonfinite: str = "stop",
     nonfinite_factor: float = 0.5,
     divergence_factor: Optional[float] = 1e3,
+    chunk_size: Optional[int] = None,
 ) -> tuple[Variables, dict[str, Any]]:
     """Train ``model`` on ``data`` and return ``(variables, history)``.
 
@@ -570,6 +613,8 @@ def fit(
         on_nonfinite: ``"stop"`` or ``"skip"`` a step with a non-finite loss or gradient.
         nonfinite_factor: the learning-rate factor applied at every skipped step.
         divergence_factor: a finite loss above L₀ + f·max(|L₀|, 1) fails like a non-finite one (``None``: off).
+        chunk_size: stream ``data`` (a memory map, array or random-access source) to the device this many
+            examples at a time, a multiple of ``batch_size`` (:mod:`aet.training.streaming`); ``None``: in memory.
 
     Returns:
         ``(variables, history)`` with ``history = {"epoch": [...], "train": {metric: [...]}, "val": {...}}``.
@@ -577,14 +622,14 @@ def fit(
     opts = dict(checkpoint_dir=checkpoint_dir, resume=resume, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
                 on_nonfinite=on_nonfinite, nonfinite_factor=nonfinite_factor, divergence_factor=divergence_factor)
     _check_fit_args(model, loss_fn, key, epochs, batch_size, opts)
-    x, x_val = _check_data(model, data, val_data, batch_size)
+    x, x_val = _check_data(model, data, val_data, batch_size, chunk_size)
     skip = on_nonfinite == "skip"
     policy = dict(skip_nonfinite=skip, skip_factor=nonfinite_factor, divergence_factor=divergence_factor)
     optimizer = _with_skip_factor(optimizer, skip)
     sigint = _DeferredSigint().install()  # from here on the first Ctrl-C stops at the end of an epoch
     bar, run = None, None
     try:
-        run = _Run(_setup(model, loss_fn, x, x_val, key, variables, optimizer, mesh, batch_size, policy), key)
+        run = _Run(_setup(model, loss_fn, x, x_val, key, variables, optimizer, mesh, batch_size, policy, chunk_size), key)
         if checkpoint_dir is not None and resume:
             _resume(run, checkpoint_dir)
         elif checkpoint_dir is not None:
