@@ -1,10 +1,11 @@
 """Crash-safe training and hostile input (issue 10).
 
-* A run killed with SIGKILL at a (seeded) random moment and resumed with
-  ``resume=True`` ends with bit-identical parameters and history to an
-  uninterrupted run.
-* Truncated / corrupted / crafted (pickle) checkpoint files are skipped with a
-  warning and never executed; a checkpoint of another model configuration is
+* A run killed with SIGKILL at a (seeded) random moment inside the save of a
+  (seeded) epoch's checkpoint and resumed with ``resume=True`` ends with
+  bit-identical parameters and history to an uninterrupted run.
+* Truncated / corrupted / crafted (pickle) checkpoints and unfinished saves are
+  skipped with a warning and never executed (``checkpoint_faults`` does the
+  damage, whatever the layout); a checkpoint of another model configuration is
   refused with a message naming the field that differs.
 * Non-finite losses: ``on_nonfinite="stop"`` reports the epoch, batch, update,
   the non-finite terms and the last good checkpoint; ``"skip"`` skips the step
@@ -37,6 +38,8 @@ import pytest
 
 import aetk_jax as aet
 from aetk_jax import checkpoint as ckpt
+from checkpoint_faults import (copy_checkpoint, edit_meta, leave_unfinished, no_unpickling, plant_pickle,
+                               same_contents, truncate_arrays)
 
 N_EPOCHS = 7
 
@@ -73,7 +76,20 @@ exec(compile(RUN_SRC, "<reliability-run>", "exec"), RUN)
 
 CHILD_SRC = RUN_SRC + textwrap.dedent(
     """
-    import sys, time
+    import asyncio, sys, time
+    from orbax.checkpoint._src.path import atomicity
+
+    # hold the save of epoch argv[3] open just before orbax renames it into place, so that the
+    # parent's SIGKILL lands inside that save (anywhere from its first write to its last step)
+    STALLED = "ckpt_%06d" % int(sys.argv[3])
+    _finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def _stalled_finalize(self):
+        if STALLED in str(self.get()):
+            await asyncio.sleep(60)
+        await _finalize(self)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = _stalled_finalize
     run(sys.argv[1], int(sys.argv[2]), keep=100, callbacks=[lambda e, v, h: time.sleep(0.4)])
     print("finished", flush=True)
     """
@@ -85,13 +101,14 @@ def leaves_equal(a, b) -> bool:
     return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
-def _start_child(d: str, log: str) -> subprocess.Popen:
+def _start_child(d: str, log: str, stall: int) -> subprocess.Popen:
     script = os.path.join(os.path.dirname(d), "child.py")
     with open(script, "w") as f:
         f.write(CHILD_SRC)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     with open(log, "wb") as err:
-        return subprocess.Popen([sys.executable, script, d, str(N_EPOCHS)], env=env, stdout=err, stderr=err)
+        return subprocess.Popen([sys.executable, script, d, str(N_EPOCHS), str(stall)], env=env, stdout=err,
+                                stderr=err)
 
 
 def _kill_when(proc: subprocess.Popen, path: str, delay: float, out: dict) -> None:
@@ -115,15 +132,17 @@ def _kill_when(proc: subprocess.Popen, path: str, delay: float, out: dict) -> No
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run of N_EPOCHS that keeps every epoch's checkpoint, computed while
-    a child process runs the same training and is SIGKILLed at a seeded random moment."""
+    a child process runs the same training and is SIGKILLed at a seeded random moment
+    during the save of a seeded epoch's checkpoint."""
     base = tmp_path_factory.mktemp("runs")
     rng = np.random.default_rng(20240607)  # fixed seed: the "random" moment is reproducible
-    kill_after = int(rng.integers(1, N_EPOCHS - 3))  # the checkpoint to wait for
-    delay = float(rng.uniform(0.0, 0.4))  # then somewhere inside the next epoch (each sleeps 0.4 s)
+    kill_in = int(rng.integers(1, N_EPOCHS - 2))  # the checkpoint whose save is killed
+    delay = float(rng.uniform(0.0, 1.0))  # after its temporary folder appears (the save itself takes ~0.3 s)
     killed_dir, log = str(base / "killed"), str(base / "child.log")
-    proc = _start_child(killed_dir, log)
-    killed: dict = {"dir": killed_dir, "kill_after": kill_after, "log": log}
-    killer = threading.Thread(target=_kill_when, args=(proc, ckpt.path_for(killed_dir, kill_after), delay, killed))
+    proc = _start_child(killed_dir, log, kill_in)
+    killed: dict = {"dir": killed_dir, "kill_in": kill_in, "log": log}
+    saving = ckpt.path_for(killed_dir, kill_in) + ckpt.TMP_SUFFIX
+    killer = threading.Thread(target=_kill_when, args=(proc, saving, delay, killed))
     killer.start()
     try:
         d = str(base / "reference")
@@ -133,14 +152,14 @@ def reference(tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert [os.path.basename(p) for p in ckpt.list_checkpoints(d)] == [f"ckpt_{e:06d}.msgpack" for e in range(N_EPOCHS)]
+    assert ckpt.list_checkpoints(d) == [ckpt.path_for(d, e) for e in range(N_EPOCHS)]
     return variables, history, d, killed
 
 
 def copy_upto(src: str, dst: str, last_epoch: int) -> str:
     os.makedirs(dst)
     for e in range(last_epoch + 1):
-        shutil.copy(ckpt.path_for(src, e), dst)
+        copy_checkpoint(ckpt.path_for(src, e), dst)
     return dst
 
 
@@ -151,53 +170,59 @@ def test_sigkill_then_resume_is_bit_exact(reference):
     ref_vars, ref_hist, ref_dir, killed = reference
     assert "error" not in killed, killed.get("error", "") + open(killed["log"]).read()[-2000:]
     assert killed["returncode"] == -signal.SIGKILL
-    d = killed["dir"]
+    d, kill_in = killed["dir"], killed["kill_in"]
     written = ckpt.list_checkpoints(d)
-    last = int(os.path.basename(written[-1])[5:11])
-    assert killed["kill_after"] <= last < N_EPOCHS - 1, "the child was not interrupted mid-run"
+    # killed inside the save of epoch kill_in: its temporary folder is left, unfinished
+    assert written == [ckpt.path_for(d, e) for e in range(kill_in)]
+    assert ckpt.unfinished(d) == [ckpt.path_for(d, kill_in) + ckpt.TMP_SUFFIX]
     assert "finished" not in open(killed["log"]).read()
     # the child's checkpoints agree bit for bit with the uninterrupted run's
-    assert open(written[-1], "rb").read() == open(ckpt.path_for(ref_dir, last), "rb").read()
+    for path in written:
+        assert same_contents(path, ckpt.path_for(ref_dir, ckpt.epoch_of(path)))
 
-    variables, history = RUN["run"](d, N_EPOCHS, resume=True)
+    with pytest.warns(RuntimeWarning, match=f"skipping unfinished checkpoint .*ckpt_{kill_in:06d}"):
+        variables, history = RUN["run"](d, N_EPOCHS, resume=True)
     assert leaves_equal(variables, ref_vars)
     assert history == ref_hist
     assert history["epoch"] == list(range(N_EPOCHS))
+    assert ckpt.unfinished(d) == []  # the resumed run's writer removed the dead save
 
 
 def test_hostile_checkpoint_folder_resumes_bit_exactly(reference, tmp_path):
-    """Newest first: a pickle payload with a valid header and checksum, a truncated file,
-    a file with one flipped byte, and a temporary file of a killed writer; resumed with
-    another key. All three bad files are skipped with a warning, nothing is executed,
-    the stored key is used, and the run ends bit-identical to the uninterrupted one."""
+    """Newest first: the unfinished save of a killed writer (6), an old-format file holding a pickle
+    with a valid header and checksum (6), a folder whose every file is a pickle (5), a folder with
+    truncated arrays (4), one with altered metadata (3); resumed with another key. All four bad
+    checkpoints are skipped with a warning, nothing is unpickled, the stored key is used, and the
+    run ends bit-identical to the uninterrupted one."""
     ref_vars, ref_hist, ref_dir, _ = reference
-    d = copy_upto(ref_dir, str(tmp_path / "ckpt"), 4)
+    d = copy_upto(ref_dir, str(tmp_path / "ckpt"), 5)
     marker = str(tmp_path / "PWNED")
-    _craft(ckpt.path_for(d, 5), pickle.dumps(_Payload(marker)))
-    p4, p3 = ckpt.path_for(d, 4), ckpt.path_for(d, 3)
-    blob = open(p4, "rb").read()
-    open(p4, "wb").write(blob[: len(blob) // 2])
-    blob = bytearray(open(p3, "rb").read())
-    blob[len(blob) - 100] ^= 0x01
-    open(p3, "wb").write(bytes(blob))
-    open(os.path.join(d, ".tmp_ckpt_dead"), "wb").write(b"partial")
-    with pytest.warns(RuntimeWarning) as rec:
+    evil = pickle.dumps(_Payload(marker))
+    leave_unfinished(ckpt.path_for(ref_dir, 6), d, 6)
+    _craft(os.path.join(d, "ckpt_000006.msgpack"), evil)
+    plant_pickle(ckpt.path_for(d, 5), evil)
+    truncate_arrays(ckpt.path_for(d, 4))
+    edit_meta(ckpt.path_for(d, 3), epoch=3, history=json.dumps({"epoch": [0, 1, 2, 3]}))
+    with no_unpickling() as events, pytest.warns(RuntimeWarning) as rec:
         variables, history = RUN["run"](d, N_EPOCHS, resume=True, key=123, keep=100)
     msgs = [str(w.message) for w in rec]
+    assert any(m.startswith("skipping unfinished checkpoint") and "ckpt_000006" in m for m in msgs)
     skipped = [m for m in msgs if "skipping unreadable checkpoint" in m]
-    assert len(skipped) == 3
-    assert "ckpt_000005" in skipped[0] and "undecodable checkpoint body" in skipped[0]
-    assert "ckpt_000004" in skipped[1] and "checksum mismatch" in skipped[1]
-    assert "ckpt_000003" in skipped[2] and "checksum mismatch" in skipped[2]
+    assert len(skipped) == 4
+    assert "ckpt_000006.msgpack" in skipped[0] and "undecodable checkpoint body" in skipped[0]
+    assert "ckpt_000005" in skipped[1] and "unreadable checkpoint" in skipped[1]
+    assert "ckpt_000004" in skipped[2]
+    assert "ckpt_000003" in skipped[3] and "checksum mismatch" in skipped[3]
     assert any("`key` differs" in m and "ckpt_000002" in m for m in msgs)
-    assert not os.path.exists(marker)
+    assert events == [] and not os.path.exists(marker)
     # resumed from epoch 2, retrained 3..6 with the stored key: identical to the uninterrupted run
     assert leaves_equal(variables, ref_vars)
     assert history == ref_hist
-    assert not os.path.exists(os.path.join(d, ".tmp_ckpt_dead"))
-    # the bad files were replaced by good ones, byte-identical to the reference run's
-    for e in (3, 4, 5):
-        assert open(ckpt.path_for(d, e), "rb").read() == open(ckpt.path_for(ref_dir, e), "rb").read()
+    assert ckpt.unfinished(d) == []
+    # the bad checkpoints were replaced by good ones, identical to the reference run's
+    assert ckpt.list_checkpoints(d) == [ckpt.path_for(d, e) for e in range(N_EPOCHS)]
+    for e in (3, 4, 5, 6):
+        assert same_contents(ckpt.path_for(d, e), ckpt.path_for(ref_dir, e))
 
 
 def test_resume_past_the_end_returns_the_stored_state(reference):
@@ -228,10 +253,19 @@ def test_checkpoint_contents(reference):
     mu = raw["state"]["opt_state"]["0"]["mu"]
     assert np.shape(mu["encoder"]["mu"]["kernel"]) == (16, 2)
     assert int(raw["state"]["opt_state"]["0"]["count"]) == N_EPOCHS * 6
-    # the file layout: magic, sha256 of the body, msgpack body
-    blob = open(ckpt.path_for(ref_dir, 0), "rb").read()
-    body = blob[len(ckpt.MAGIC) + 32 :]
-    assert blob.startswith(ckpt.MAGIC) and hashlib.sha256(body).digest() == blob[len(ckpt.MAGIC) : len(ckpt.MAGIC) + 32]
+    # the layout: an orbax folder with the arrays' item and a JSON item whose digest is the SHA-256
+    # of every array (path, dtype, shape, bytes, in key order) and of the other entries
+    path = ckpt.path_for(ref_dir, 0)
+    assert os.path.isdir(os.path.join(path, "state"))
+    meta = json.load(open(os.path.join(path, "meta", "metadata")))
+    assert meta["format"] == ckpt.FORMAT and meta["epoch"] == 0
+    raw0 = ckpt.read_raw(path)
+    h = hashlib.sha256()
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path({k: raw0[k] for k in ("key", "state")})[0]:
+        arr = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(keypath)}|{arr.dtype.str}|{arr.shape}|".encode() + arr.tobytes())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode())
+    assert meta["digest"] == h.hexdigest()
 
 
 # --------------------------------------------------------------------------- configuration mismatch
@@ -257,7 +291,7 @@ def test_mismatched_configuration_is_refused(reference, tmp_path, kwargs, expect
         aet.train.load_variables(other[0], d, RUN["data"]()[:1])
     assert expected in str(err.value)
     # nothing was overwritten by the refused run
-    assert [os.path.basename(p) for p in ckpt.list_checkpoints(d)] == ["ckpt_000000.msgpack", "ckpt_000001.msgpack"]
+    assert ckpt.list_checkpoints(d) == [ckpt.path_for(d, 0), ckpt.path_for(d, 1)]
 
 
 def test_same_shapes_other_activation_is_refused(reference, tmp_path):
@@ -320,7 +354,7 @@ def test_pickle_payload_is_never_executed(tmp_path):
 def test_evaluate_style_load_of_corrupt_folder(tmp_path, reference):
     _, _, ref_dir, _ = reference
     d = copy_upto(ref_dir, str(tmp_path / "ckpt"), 0)
-    open(ckpt.path_for(d, 0), "r+b").truncate(50)
+    truncate_arrays(ckpt.path_for(d, 0))
     model, _ = RUN["build"]()
     with pytest.warns(RuntimeWarning, match="skipping"), pytest.raises(ValueError, match="no readable checkpoint .1 unreadable"):
         aet.train.load_variables(model, d, RUN["data"]()[:1])
@@ -334,7 +368,7 @@ def test_fresh_run_clears_previous_checkpoints(tmp_path):
     assert len(ckpt.list_checkpoints(d)) == 3  # keep_checkpoints=3: epochs 2, 3, 4
     with pytest.warns(RuntimeWarning, match="removed 3 checkpoint"):
         aet.train.fit(Lin(), penalty_loss, x, epochs=1, **kw)
-    assert [os.path.basename(p) for p in ckpt.list_checkpoints(d)] == ["ckpt_000000.msgpack"]
+    assert ckpt.list_checkpoints(d) == [ckpt.path_for(d, 0)]
     # and a resume continues the new run (2 updates per epoch: w = -lr * 2 * epochs)
     v, h = aet.train.fit(Lin(), penalty_loss, x, epochs=2, resume=True, **kw)
     np.testing.assert_array_equal(v["params"]["w"], sgd_w(4))
