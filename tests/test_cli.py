@@ -58,7 +58,7 @@ def test_train_writes_the_run_folder(vae_run):
     assert cfg["data"] == "digits" and cfg["decoder"] == "bernoulli" and cfg["hyper"] == {"beta": 1.0}
     # one checkpoint per epoch; 1438 training digits in batches of 64: 22 updates per epoch
     names = [os.path.basename(p) for p in ckpt.list_checkpoints(os.path.join(vae_run, "checkpoints"))]
-    assert names == ["ckpt_000000.msgpack", "ckpt_000001.msgpack"]
+    assert names == [os.path.basename(ckpt.path_for("", e)) for e in (0, 1)]
     raw = ckpt.read_raw(ckpt.path_for(os.path.join(vae_run, "checkpoints"), 1))
     assert int(raw["state"]["step"]) == 2 * (1438 // 64)
     hist = _json(os.path.join(vae_run, "history.json"))

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from aetk_jax import checkpoint as ckpt
+from checkpoint_faults import same_contents
 from aetk_jax import cli
 
 TINY = ["--hidden", "16", "--lr", "0.01", "--no-progress", "--no-plots"]
@@ -133,7 +134,7 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_is_bit_exact(tmp_path, capsys
     res = _json(os.path.join(run, "results.json"))
     assert res["finished"] is False and res["interrupted"] is True and res["epochs_done"] == done
     names = [os.path.basename(p) for p in ckpt.list_checkpoints(os.path.join(run, "checkpoints"))]
-    assert names[-1] == f"ckpt_{done - 1:06d}.msgpack"  # the interrupted epoch finished and was checkpointed
+    assert names[-1] == os.path.basename(ckpt.path_for("", done - 1))  # the interrupted epoch finished and was checkpointed
     # evaluating the unfinished run prints its numbers with a warning and status 1
     status, out, lines = run_main(capsys, ["evaluate", run, "--n-importance", "8"])
     assert status == 1 and len(lines) == 1 and "did not finish" in lines[0] and "interrupted" in lines[0]
@@ -145,9 +146,9 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_is_bit_exact(tmp_path, capsys
     ref = str(tmp_path / "ref")
     status, _, lines = run_main(capsys, [*argv, "--out", ref])
     assert status == 0, lines
-    last = f"ckpt_{int(epochs) - 1:06d}.msgpack"
-    with open(os.path.join(run, "checkpoints", last), "rb") as a, open(os.path.join(ref, "checkpoints", last), "rb") as b:
-        assert a.read() == b.read()
+    last = int(epochs) - 1  # the same payload, every array bit for bit
+    assert same_contents(ckpt.path_for(os.path.join(run, "checkpoints"), last),
+                         ckpt.path_for(os.path.join(ref, "checkpoints"), last))
     assert _json(os.path.join(run, "history.json")) == _json(os.path.join(ref, "history.json"))
     assert _json(os.path.join(run, "results.json"))["finished"] is True
 

@@ -144,7 +144,7 @@ def test_nnx_variables_checkpoint_and_resume_bit_exactly(digits, vae_run, tmp_pa
     d = shutil.copytree(src, str(tmp_path / "ckpt"))
     newest = aet.checkpoint.list_checkpoints(d)
     assert len(newest) == 2
-    os.unlink(newest[-1])  # as if killed before the second epoch's checkpoint
+    aet.checkpoint.remove(newest[-1])  # as if killed before the second epoch's checkpoint
     _, _, (v_res, h_res) = _fit("vae", digits[0].x[:256], checkpoint_dir=d, resume=True)
     assert _leaves_equal(v_res, v_full) and h_res == h_full
     v_half = aet.checkpoint.read_raw(aet.checkpoint.list_checkpoints(src)[0])["state"]["params"]

@@ -214,7 +214,7 @@ def test_nonfinite_loss_raises_with_last_good_state_and_checkpoint(tmp_path):
     assert err.history["epoch"] == [0]
     # the last good checkpoint (end of epoch 0, w = 4) exists and loads
     assert err.checkpoint is not None and os.path.exists(err.checkpoint)
-    assert os.path.basename(err.checkpoint) == "ckpt_000000.msgpack"
+    assert err.checkpoint == ckpt.path_for(str(tmp_path), 0)
     assert err.checkpoint in msg
     raw = ckpt.read_raw(err.checkpoint)
     assert float(raw["state"]["params"]["w"]) == 4.0 and int(raw["epoch"]) == 0
