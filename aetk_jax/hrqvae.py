@@ -31,15 +31,40 @@ encodings). Property (tested): when every codebook contains the zero vector,
 ‖r_l‖ ≤ ‖r_{l−1}‖ at every level (the zero code is always a candidate), so the
 residual error falls monotonically with depth; without it a level can increase it.
 
-Departures from the paper and pythae (``pythae.models.HRQVAE``): the codes are
-chosen by the nearest-code rule with straight-through gradients and the VQ-VAE's
-codebook and commitment terms, not by Gumbel-softmax sampling with an
-epoch-dependent temperature and a KL term to the uniform code distribution; the
-first level is never dropped (pythae's mask can drop it, feeding the decoder zero);
-depth dropout is also applied when the loss is evaluated on held-out data (the
-loss has no training flag; pass ``depth_drop_rate=0.0`` for the deterministic
-value). Generation uses the code prior of ``aet.vqvae.fit_code_prior``: a
-first-order Markov chain p(k_1) Π_l p(k_l | k_{l−1}) fitted to the training codes.
+Gumbel-softmax codes (``quantiser="gumbel"``; Hosking et al. train the HRQ-VAE this way,
+as does pythae). Each level's code is drawn instead of chosen: with the logits
+a_k = −‖r_{l−1} − e^l_k‖² and Gumbel noise g,
+
+    k_l = argmax_k (a_k + g_k)  (a draw from softmax(a)),   y = softmax((a + g)/τ_l),
+    q_l = Σ_k w_k e^l_k,   w = onehot(k_l) + y − sg[y]   (value e^l_{k_l}, gradient of Σ_k y_k e^l_k),
+    r_l = r_{l−1} − q_l   (no stop-gradient: the relaxation is differentiated end to end),
+
+so the codebooks and, through the logits, the encoder receive the gradient of the soft
+mixture; the decoder sees Σ_l m_l q_l (no straight-through path from z_e). As τ → 0, y tends
+to onehot(k_l) (tested). The loss adds ``kl_weight`` · Σ_l KL(softmax(a) ‖ U_K) (summed over
+levels and positions; 0.1) to the terms above; the VQ terms stay (set
+``quantization_loss_factor`` and ``commitment_loss_factor`` to 0 for pythae's objective). The
+temperature is annealed with the epoch e that ``aet.train.fit`` gives the loss,
+
+    τ_l(e) = max(τ₀ · exp(−e / (γ · 1.5^{l−1})), τ_min),
+
+τ₀ = ``temperature`` = 1, γ = ``temperature_decay`` = 100/3 epochs, τ_min = ``min_temperature`` =
+0.5 (pythae's schedule: deeper levels cool more slowly); called without an epoch the loss uses
+τ_min. The Gumbel option needs a trainable codebook (``use_ema=False``); dead-code restarts
+still apply. The code chosen by the loss is random, so held-out losses are too (as with depth
+dropout); ``aet.vqvae.quantise`` (the prior, the EMA statistics, generation) uses the nearest code,
+the mode of softmax(a).
+
+Departures from pythae (``pythae.models.HRQVAE``): the default ``quantiser="nearest"`` chooses
+nearest codes with straight-through gradients and the VQ-VAE's codebook and commitment terms;
+with ``"gumbel"`` the VQ terms are kept unless their factors are set to 0, and the KL term is
+KL(q ‖ U_K) (pythae's code computes KL(U_K ‖ q): its ``KLDivLoss`` takes the uniform
+distribution as the target); the first level is never dropped (pythae's mask can drop it,
+feeding the decoder zero); depth dropout and the Gumbel draws also act when the loss is
+evaluated on held-out data (the loss has no training flag; pass ``depth_drop_rate=0.0`` and the
+default quantiser for the deterministic value). Generation uses the code prior of
+``aet.vqvae.fit_code_prior``: a first-order Markov chain p(k_1) Π_l p(k_l | k_{l−1}) fitted to the
+training codes.
 """
 from __future__ import annotations
 
@@ -104,27 +129,69 @@ def sphere_init(key: jax.Array, shape: tuple[int, int, int], scale: float, decay
     return g / jnp.linalg.norm(g, axis=-1, keepdims=True) * radii[:, None, None]
 
 
-def loss(model: HRQVAE, variables: Variables, x: jax.Array, key: Any = None, *,
+def gumbel_temperatures(epoch: Any, n_levels: int, temperature: float = 1.0, temperature_decay: float = 100.0 / 3,
+                        min_temperature: float = 0.5) -> jax.Array:
+    """τ_l(e) = max(τ₀ exp(−e / (γ · 1.5^{l−1})), τ_min) for the levels l = 1..L (module docstring).
+
+    Args:
+        epoch: the epoch index e ≥ 0 (an int or a traced integer), or ``None`` for τ_min at every level.
+        n_levels: L ≥ 1.
+        temperature: τ₀ > 0.
+        temperature_decay: γ > 0, in epochs.
+        min_temperature: τ_min > 0.
+
+    Returns:
+        float32 ``(L,)``.
+    """
+    check_int(n_levels, "n_levels", minimum=1)
+    check_scalar(temperature, "temperature", positive=True)
+    check_scalar(temperature_decay, "temperature_decay", positive=True)
+    check_scalar(min_temperature, "min_temperature", positive=True)
+    if epoch is None:
+        return jnp.full((n_levels,), min_temperature, jnp.float32)
+    check_scalar(epoch, "epoch", nonnegative=True)
+    scale = temperature_decay * 1.5 ** jnp.arange(n_levels, dtype=jnp.float32)
+    taus = temperature * jnp.exp(-jnp.asarray(epoch, jnp.float32) / scale)
+    return jnp.maximum(taus, min_temperature).astype(jnp.float32)
+
+
+def loss(model: HRQVAE, variables: Variables, x: Any, key: Any = None, *,
          commitment_loss_factor: float = 0.25, quantization_loss_factor: float = 1.0,
          norm_loss_weight: float = 0.5, norm_loss_scale: float = 1.5, depth_drop_rate: float = 0.1,
-         aux: bool = False) -> Any:
+         quantiser: str = "nearest", temperature: float = 1.0, temperature_decay: float = 100.0 / 3,
+         min_temperature: float = 0.5, kl_weight: float = 0.1, epoch: Any = None, aux: bool = False) -> Any:
     """The HRQ-VAE loss (module docstring), a scalar.
 
     Args:
         model: an ``HRQVAE``.
         variables: its variables.
-        x: a batch ``(B, *data_shape)``.
-        key: PRNG key of the depth dropout (required unless ``depth_drop_rate == 0``).
+        x: a batch ``(B, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
+        key: PRNG key of the depth dropout and the Gumbel noise (required unless ``depth_drop_rate == 0``
+            with the nearest-code quantiser).
         commitment_loss_factor: β_c ≥ 0.
         quantization_loss_factor: β_q ≥ 0 (dropped with EMA codebooks).
         norm_loss_weight: w_n ≥ 0.
         norm_loss_scale: s > 0.
         depth_drop_rate: probability in [0, 1) of dropping a level (and those below it).
-        aux: also return the metrics of ``aet.vqvae.loss`` and ``"norm"``.
+        quantiser: ``"nearest"`` (nearest codes, straight through) or ``"gumbel"`` (Gumbel-softmax draws).
+        temperature: τ₀ > 0 of the Gumbel-softmax schedule (``"gumbel"`` only, as are the next three).
+        temperature_decay: γ > 0 (epochs) of the schedule.
+        min_temperature: τ_min > 0, the floor of the schedule.
+        kl_weight: weight ≥ 0 of Σ_l KL(softmax(a_l) ‖ U_K).
+        epoch: the epoch index (``aet.train.fit`` passes it); ``None``: τ_min.
+        aux: also return the metrics of ``aet.vqvae.loss`` and ``"norm"`` (and ``"kl"``, ``"temperature"``
+            (level 1's) with ``"gumbel"``).
     """
-    return objective(model, variables, x, key, commitment_loss_factor=commitment_loss_factor,
-                     quantization_loss_factor=quantization_loss_factor, norm_loss_weight=norm_loss_weight,
-                     norm_loss_scale=norm_loss_scale, depth_drop_rate=depth_drop_rate, aux=aux)
+    gumbel = quantiser == "gumbel"
+    taus = gumbel_temperatures(epoch if gumbel else None, int(model.n_levels), temperature, temperature_decay,
+                               min_temperature)
+    out = objective(model, variables, x, key, commitment_loss_factor=commitment_loss_factor,
+                    quantization_loss_factor=quantization_loss_factor, norm_loss_weight=norm_loss_weight,
+                    norm_loss_scale=norm_loss_scale, depth_drop_rate=depth_drop_rate, quantiser=quantiser,
+                    temperatures=taus, kl_weight=kl_weight if gumbel else 0.0, aux=aux)
+    if aux and gumbel:
+        return out[0], {**out[1], "temperature": taus[0]}
+    return out
 
 
-__all__ = ["HRQVAE", "loss", "sphere_init"]
+__all__ = ["HRQVAE", "gumbel_temperatures", "loss", "sphere_init"]

@@ -49,6 +49,14 @@ a data set (per position; for the multi-level HRQ-VAE a first-order Markov chain
 over the levels, see ``aetk_jax.hrqvae``) into the collection ``"code_prior"``;
 ``aet.sample`` then draws codes from it and decodes them.
 
+**Conditional models** (``n_conditions`` or ``condition_dim`` > 0; the pair ``x = (x, c)``
+wherever a function takes data). The encoder sees [flatten(x), e(c)], so z_e = z_e(x, c);
+the codebook is shared by every condition; the decoder sees [z_q, e(c)]. The code prior of a
+label-conditional model is one prior per label, p(k | y), fitted to the codes of that label's
+examples; ``aet.sample(..., condition=y)`` draws sample i's codes from p(k | y_i) and decodes them
+under y_i. A covariate-conditional model has a single prior over the codes of all the examples
+(the codes are drawn unconditionally and decoded under the given covariates).
+
 Metrics (``aux=True``): ``reconstruction``, ``quantization``, ``commitment`` (the
 per-example means of the three terms), ``codes_used`` (number of distinct codes in
 the batch), ``codebook_usage`` (that number / K) and ``perplexity``
@@ -76,10 +84,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .base import AutoEncoderModel, Variables, check_inputs, decode, finish
+from .base import AutoEncoderModel, Variables, check_inputs, decode, finish, split_condition
 from .decoders import decoder_mean
 from .encoders import encoder_mean
-from .sampling import Samples, sample
+from .sampling import Samples, check_sample_condition, sample
 from .validation import check_int, check_key, check_scalar
 
 #: the non-trainable collection of the EMA codebook and its statistics
@@ -91,6 +99,8 @@ PRIOR = "code_prior"
 #: ε of the Laplace smoothing of the EMA cluster sizes
 EMA_EPS = 1e-5
 _QUANTISER = "quantiser"
+#: how the loss picks codes: the nearest code (straight through) or a straight-through Gumbel-softmax draw
+QUANTISERS = ("nearest", "gumbel")
 
 
 def _uniform_init(key: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
@@ -176,28 +186,31 @@ class VQVAE(AutoEncoderModel):
         self.quantiser = Codebook(int(self.n_levels), int(self.n_embeddings), int(self.encoder.latent_dim),
                                   bool(self.use_ema), int(self.restart_after) > 0, self.codebook_init)
 
-    def encode_continuous(self, x: jax.Array) -> jax.Array:
-        """z_e(x) ``(B, *positions, D)`` (a Gaussian encoder is used by its mean).
+    def encode_continuous(self, x: jax.Array, c: Any = None) -> jax.Array:
+        """z_e(x) (z_e(x, c) for a conditional model) ``(B, *positions, D)``; a Gaussian encoder by its mean.
 
         Args:
             x: a batch ``(B, *data_shape)``.
+            c: the condition of a conditional model (labels ``(B,)`` or covariates ``(B, k)``), else ``None``.
         """
-        return encoder_mean(self.encoder, self.encoder(x))
+        return encoder_mean(self.encoder, AutoEncoderModel.encode(self, x, c))
 
     def codebooks(self) -> jax.Array:
         """The codebooks ``(n_levels, K, D)``."""
         return self.quantiser()
 
-    def encode(self, x: jax.Array) -> jax.Array:
+    def encode(self, x: jax.Array, c: Any = None) -> jax.Array:
         """The quantised code the decoder sees (straight-through), ``(B, *positions, D)``.
 
         Args:
             x: a batch ``(B, *data_shape)``.
+            c: the condition of a conditional model, else ``None``.
         """
-        return residual_quantise(self.encode_continuous(x), self.quantiser()).z_q
+        return residual_quantise(self.encode_continuous(x, c), self.quantiser()).z_q
 
-    def __call__(self, x: jax.Array) -> Any:
-        return self.decoder(self.encode(x))
+    def __call__(self, x: Any) -> Any:
+        x, c = split_condition(self, x)
+        return self.decode(self.encode(x, c), c)
 
 
 # --------------------------------------------------------------------------- quantisation
@@ -300,27 +313,28 @@ def codebook(model: VQVAE, variables: Variables) -> jax.Array:
     return variables["params"][_QUANTISER]["codebook"]
 
 
-def continuous_codes(model: VQVAE, variables: Variables, x: jax.Array) -> jax.Array:
-    """z_e(x) before quantisation.
+def continuous_codes(model: VQVAE, variables: Variables, x: Any) -> jax.Array:
+    """z_e(x) before quantisation (z_e(x, c) for the pair ``x = (x, c)`` of a conditional model).
 
     Args:
         model: a ``VQVAE`` / ``HRQVAE``.
         variables: its variables.
-        x: a batch ``(B, *data_shape)``.
+        x: a batch ``(B, *data_shape)``, or the pair ``(x, c)``.
 
     Returns:
         ``(B, *positions, D)``.
     """
-    return model.apply(variables, x, method="encode_continuous")
+    data, c = split_condition(model, x)
+    return model.apply(variables, data, c, method="encode_continuous")
 
 
-def quantise(model: VQVAE, variables: Variables, x: jax.Array, keep: Optional[jax.Array] = None) -> Quantised:
+def quantise(model: VQVAE, variables: Variables, x: Any, keep: Optional[jax.Array] = None) -> Quantised:
     """Encode ``x`` and quantise it with the model's codebooks (:func:`residual_quantise`).
 
     Args:
         model: a ``VQVAE`` / ``HRQVAE``.
         variables: its variables.
-        x: a batch ``(B, *data_shape)``.
+        x: a batch ``(B, *data_shape)``, or the pair ``(x, c)`` of a conditional model.
         keep: optional depth-dropout mask ``(L, B, *positions)``.
 
     Returns:
@@ -391,38 +405,114 @@ def depth_mask(key: jax.Array, n_levels: int, lead: tuple[int, ...], rate: float
     return jnp.cumprod(jnp.concatenate([jnp.ones((1, *lead), jnp.float32), keep]), axis=0)
 
 
-def objective(model: VQVAE, variables: Variables, x: jax.Array, key: Any = None, *,
+def gumbel_quantise(z: jax.Array, codebooks: jax.Array, key: jax.Array, temperatures: Any,
+                    keep: Optional[jax.Array] = None) -> tuple[Quantised, jax.Array]:
+    """Residual quantisation with codes drawn by the straight-through Gumbel-softmax (``aetk_jax.hrqvae``).
+
+    Level l: logits a_k = −‖r_{l−1} − e^l_k‖², Gumbel noise g_k, soft weights y = softmax((a + g)/τ_l),
+    the code k_l = argmax_k (a_k + g_k) (a draw from softmax(a)), and
+    q_l = Σ_k w_k e^l_k with w = onehot(k_l) + y − sg[y]: its value is e^l_{k_l}, its gradient that of the
+    soft mixture Σ_k y_k e^l_k (in the codebook and, through a, in z); r_l = r_{l−1} − q_l.
+
+    Args:
+        z: encodings ``(*lead, D)``.
+        codebooks: ``(L, K, D)``.
+        key: PRNG key of the Gumbel noise.
+        temperatures: τ_l > 0, a scalar or ``(L,)``.
+        keep: optional 0/1 mask ``(L, *lead)`` of the levels that enter ``z_q`` (depth dropout).
+
+    Returns:
+        ``(Quantised, logits (L, *lead, K))``; ``z_q`` is Σ_l keep_l q_l (no straight-through path from z).
+    """
+    n_levels, k = codebooks.shape[0], codebooks.shape[1]
+    taus = jnp.broadcast_to(jnp.asarray(temperatures, z.dtype), (n_levels,))
+
+    def level(partial, inp):
+        codebook, key_l, tau = inp
+        r = z - partial
+        logits = -squared_distances(r, codebook)
+        noisy = logits + jax.random.gumbel(key_l, logits.shape, logits.dtype)
+        soft = jax.nn.softmax(noisy / tau, axis=-1)
+        idx = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
+        weights = jax.nn.one_hot(idx, k, dtype=soft.dtype) + soft - jax.lax.stop_gradient(soft)
+        q = jnp.einsum("...k,kd->...d", weights, codebook, precision=jax.lax.Precision.HIGHEST)
+        return partial + q, (idx, q, r, logits)
+
+    keys = jax.random.split(key, n_levels)
+    _, (codes, levels, inputs, logits) = jax.lax.scan(level, jnp.zeros_like(z), (codebooks, keys, taus))
+    weights = jnp.ones(levels.shape[:-1], levels.dtype) if keep is None else keep.astype(levels.dtype)
+    value = jnp.sum(weights[..., None] * levels, axis=0)
+    return Quantised(value, jnp.moveaxis(codes, 0, -1), levels, inputs), logits
+
+
+def kl_to_uniform_codes(logits: jax.Array) -> jax.Array:
+    """KL(softmax(a) ‖ U_K) = log K + Σ_k p_k log p_k per example, summed over levels and positions.
+
+    Args:
+        logits: the code logits ``(L, B, *positions, K)``.
+
+    Returns:
+        ``(B,)``.
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    kl = jnp.sum(jnp.exp(logp) * logp, axis=-1) + jnp.log(float(logits.shape[-1]))
+    return _per_example(kl)
+
+
+def _check_objective(model: VQVAE, factors: dict[str, Any], norm_loss_scale: Any, depth_drop_rate: Any,
+                     quantiser: str, temperatures: Any) -> None:
+    for name, v in factors.items():
+        check_scalar(v, name, nonnegative=True)
+    check_scalar(norm_loss_scale, "norm_loss_scale", positive=True)
+    check_scalar(depth_drop_rate, "depth_drop_rate", low=0.0, high=1.0, high_inclusive=False)
+    if quantiser not in QUANTISERS:
+        raise ValueError(f"`quantiser` must be one of {QUANTISERS}, got {quantiser!r}")
+    if quantiser == "gumbel":
+        if model.use_ema:
+            raise ValueError("`quantiser`: 'gumbel' trains the codebook by gradient; build the model with use_ema=False")
+        check_scalar(temperatures, "temperature", positive=True, allow_vector=True)
+
+
+def objective(model: VQVAE, variables: Variables, x: Any, key: Any = None, *,
               commitment_loss_factor: float = 0.25, quantization_loss_factor: float = 1.0,
               norm_loss_weight: float = 0.0, norm_loss_scale: float = 1.5, depth_drop_rate: float = 0.0,
+              quantiser: str = "nearest", temperatures: Any = 1.0, kl_weight: float = 0.0,
               aux: bool = False) -> Any:
     """The VQ-VAE / HRQ-VAE loss (this module's and ``aetk_jax.hrqvae``'s docstrings).
 
     Args:
         model: a ``VQVAE`` or ``HRQVAE``.
         variables: its variables.
-        x: a batch ``(B, *data_shape)``.
-        key: used only by depth dropout (``depth_drop_rate > 0``), then required.
+        x: a batch ``(B, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
+        key: used by depth dropout (``depth_drop_rate > 0``) and the Gumbel noise, then required.
         commitment_loss_factor: weight ≥ 0 of ‖z_e − sg[z_q]‖².
         quantization_loss_factor: weight ≥ 0 of ‖sg[z_e] − z_q‖² (unused with EMA).
         norm_loss_weight: weight ≥ 0 of :func:`norm_penalty` (multi-level models).
         norm_loss_scale: its scale s > 0.
         depth_drop_rate: probability in [0, 1) of dropping each level below the first.
-        aux: also return the metrics (module docstring).
+        quantiser: ``"nearest"`` (nearest code, straight through) or ``"gumbel"`` (:func:`gumbel_quantise`).
+        temperatures: the Gumbel-softmax temperatures τ_l > 0 (scalar or ``(L,)``; ``"gumbel"`` only).
+        kl_weight: weight ≥ 0 of :func:`kl_to_uniform_codes` (``"gumbel"`` only).
+        aux: also return the metrics (module docstring; ``"kl"`` with ``"gumbel"``).
     """
     check_inputs(model, x)
-    for name, v in (("commitment_loss_factor", commitment_loss_factor),
-                    ("quantization_loss_factor", quantization_loss_factor), ("norm_loss_weight", norm_loss_weight)):
-        check_scalar(v, name, nonnegative=True)
-    check_scalar(norm_loss_scale, "norm_loss_scale", positive=True)
-    check_scalar(depth_drop_rate, "depth_drop_rate", low=0.0, high=1.0, high_inclusive=False)
+    _check_objective(model, {"commitment_loss_factor": commitment_loss_factor,
+                             "quantization_loss_factor": quantization_loss_factor,
+                             "norm_loss_weight": norm_loss_weight, "kl_weight": kl_weight},
+                     norm_loss_scale, depth_drop_rate, quantiser, temperatures)
+    data, c = split_condition(model, x)
     z = continuous_codes(model, variables, x)
-    keep = None
-    if not (isinstance(depth_drop_rate, numbers.Real) and depth_drop_rate == 0):
+    keep, gumbel = None, quantiser == "gumbel"
+    if gumbel or not (isinstance(depth_drop_rate, numbers.Real) and depth_drop_rate == 0):
         check_key(key)
-        keep = depth_mask(key, int(model.n_levels), z.shape[:-1], depth_drop_rate)
-    q = residual_quantise(z, codebook(model, variables), keep)
-    x_hat = decoder_mean(model.decoder, decode(model, variables, q.z_q))
-    recon = jnp.sum(((x_hat - x) ** 2).reshape(x.shape[0], -1), axis=-1)
+        k_drop, k_gumbel = jax.random.split(key)
+        keep = depth_mask(k_drop, int(model.n_levels), z.shape[:-1], depth_drop_rate)
+    if gumbel:
+        q, logits = gumbel_quantise(z, codebook(model, variables), k_gumbel, temperatures, keep)
+    else:
+        q = residual_quantise(z, codebook(model, variables), keep)
+    x_hat = decoder_mean(model.decoder, decode(model, variables, q.z_q, c))
+    recon = jnp.sum(((x_hat - data) ** 2).reshape(data.shape[0], -1), axis=-1)
     quant = _per_example((jax.lax.stop_gradient(q.inputs) - q.levels) ** 2)
     commit = _per_example((q.inputs - jax.lax.stop_gradient(q.levels)) ** 2)
     qf = 0.0 if model.use_ema else quantization_loss_factor
@@ -432,6 +522,10 @@ def objective(model: VQVAE, variables: Variables, x: jax.Array, key: Any = None,
         norm = norm_penalty(q.levels, norm_loss_scale)
         total = total + norm_loss_weight * norm
         metrics["norm"] = jnp.mean(norm)
+    if gumbel:
+        kl = kl_to_uniform_codes(logits)
+        total = total + kl_weight * kl
+        metrics["kl"] = jnp.mean(kl)
     metrics.update(code_statistics(jax.lax.stop_gradient(q.codes), int(model.n_embeddings)))
     return finish(jnp.mean(total), metrics, aux)
 
@@ -443,7 +537,7 @@ def loss(model: VQVAE, variables: Variables, x: jax.Array, key: Any = None, *,
     Args:
         model: a ``VQVAE``.
         variables: its variables.
-        x: a batch ``(B, *data_shape)``.
+        x: a batch ``(B, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: unused (the loss is deterministic).
         commitment_loss_factor: weight ≥ 0 of the commitment term ‖z_e − sg[z_q]‖².
         quantization_loss_factor: weight ≥ 0 of the codebook term ‖sg[z_e] − z_q‖² (dropped with EMA).
@@ -573,20 +667,24 @@ def codebook_update(model: VQVAE, variables: Variables, params: Any, x: jax.Arra
 # --------------------------------------------------------------------------- the code prior
 
 
-def code_counts(codes: jax.Array, n_embeddings: int) -> tuple[jax.Array, jax.Array]:
+def code_counts(codes: jax.Array, n_embeddings: int, weights: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
     """Counts of the first-level codes and of the level transitions.
 
     Args:
         codes: int ``(N, *positions, L)``.
         n_embeddings: K.
+        weights: optional per-example weights ``(N,)`` (e.g. 0/1 for the examples of one label).
 
     Returns:
         ``(first (*positions, K), transitions (*positions, L−1, K, K))``: transitions[..., l, a, b]
         counts the examples with code a at level l+1 and b at level l+2 (1-based levels).
     """
     onehot = jax.nn.one_hot(codes, n_embeddings)  # (N, *pos, L, K)
+    if weights is not None:
+        onehot = onehot * weights.reshape(-1, *([1] * (onehot.ndim - 1)))
     first = jnp.sum(onehot[..., 0, :], axis=0)
-    trans = jnp.einsum("n...la,n...lb->...lab", onehot[..., :-1, :], onehot[..., 1:, :])
+    # the weight enters once per transition: the second factor is the unweighted one-hot
+    trans = jnp.einsum("n...la,n...lb->...lab", onehot[..., :-1, :], jax.nn.one_hot(codes[..., 1:], n_embeddings))
     return first, trans
 
 
@@ -596,33 +694,44 @@ def _normalise(counts: jax.Array) -> jax.Array:
     return jnp.where(total > 0, counts / jnp.where(total > 0, total, 1.0), 1.0 / counts.shape[-1])
 
 
-def fit_code_prior(model: VQVAE, variables: Variables, x: jax.Array, *, smoothing: float = 0.0,
+def fit_code_prior(model: VQVAE, variables: Variables, x: Any, *, smoothing: float = 0.0,
                    batch_size: Optional[int] = None) -> Variables:
     """Fit the categorical code prior to the codes of ``x`` and store it for ``aet.sample``.
 
     p(k_1, …, k_L) = p(k_1) Π_{l≥2} p(k_l | k_{l−1}) independently per position, each factor the
     (``smoothing``-added) code frequencies of ``x``: for one level (VQ-VAE) the categorical
     distribution of the codes, for the HRQ-VAE a first-order Markov chain down the hierarchy.
+    A label-conditional model (``n_conditions`` = n) gets one such prior per label, p(k | y), fitted
+    to the codes of that label's examples (a label without examples: uniform); a covariate-conditional
+    one a single prior over the codes of every example.
 
     Args:
         model: a ``VQVAE`` / ``HRQVAE``.
         variables: its (trained) variables.
-        x: data ``(n, *data_shape)``.
+        x: data ``(n, *data_shape)``, or the pair ``(x, c)`` of a conditional model.
         smoothing: pseudo-count ≥ 0 added to every count.
         batch_size: encode ``x`` in batches of this size (all at once when ``None``).
 
     Returns:
         ``variables`` with ``"code_prior"``: ``{"first" (*positions, K), "transitions" (*positions, L−1, K, K)}``
-        (probabilities).
+        (probabilities), each with a leading label axis ``(n_conditions, ...)`` for a label-conditional model.
     """
     check_inputs(model, x)
     check_scalar(smoothing, "smoothing", nonnegative=True)
     k = int(model.n_embeddings)
-    step = x.shape[0] if batch_size is None else int(batch_size)
+    data, c = split_condition(model, x)
+    step = data.shape[0] if batch_size is None else batch_size
     check_int(step, "batch_size", minimum=1)
+    per_label = int(getattr(model, "n_conditions", 0))
     first, trans = 0.0, 0.0
-    for start in range(0, x.shape[0], step):  # host loop over data chunks, not training steps
-        f, t = code_counts(quantise(model, variables, x[start:start + step]).codes, k)
+    for start in range(0, data.shape[0], step):  # host loop over data chunks, not training steps
+        chunk = slice(start, start + step)
+        codes = quantise(model, variables, data[chunk] if c is None else (data[chunk], c[chunk])).codes
+        if per_label:  # counts per label: (n_conditions, ...)
+            onehot = jax.nn.one_hot(c[chunk], per_label, dtype=jnp.float32)
+            f, t = jax.vmap(lambda w: code_counts(codes, k, w))(onehot.T)
+        else:
+            f, t = code_counts(codes, k)
         first, trans = first + f, trans + t
     return {**variables, PRIOR: {"first": _normalise(first + smoothing), "transitions": _normalise(trans + smoothing)}}
 
@@ -668,15 +777,26 @@ def codes_to_latent(codebooks: jax.Array, codes: jax.Array) -> jax.Array:
 
 
 @sample.register(VQVAE)
-def _sample_vq(model: VQVAE, variables: Variables, key: jax.Array, n: int) -> Samples:
-    """``n`` code tuples from the fitted prior (:func:`fit_code_prior`), decoded to their means."""
+def _sample_vq(model: VQVAE, variables: Variables, key: jax.Array, n: int, *, condition: Any = None) -> Samples:
+    """``n`` code tuples from the fitted prior (:func:`fit_code_prior`), decoded to their means.
+
+    A label-conditional model draws sample i's codes from the prior of its label ``condition[i]`` and
+    decodes them under that label; a covariate-conditional one decodes the codes under ``condition``.
+    """
     check_key(key)
     check_int(n, "n", minimum=1)
+    condition = check_sample_condition(model, condition, n)
     if PRIOR not in variables:
         raise ValueError(f"this {type(model).__name__} has no code prior yet: call "
                          "aet.vqvae.fit_code_prior(model, variables, x)")
-    z = codes_to_latent(codebook(model, variables), sample_codes(variables[PRIOR], key, n))
-    return Samples(z, decoder_mean(model.decoder, decode(model, variables, z)))
+    prior = variables[PRIOR]
+    if int(getattr(model, "n_conditions", 0)):
+        per_sample = jax.tree_util.tree_map(lambda a: a[condition], prior)
+        codes = jax.vmap(lambda p, k: sample_codes(p, k, 1)[0])(per_sample, jax.random.split(key, n))
+    else:
+        codes = sample_codes(prior, key, n)
+    z = codes_to_latent(codebook(model, variables), codes)
+    return Samples(z, decoder_mean(model.decoder, decode(model, variables, z, condition)))
 
 
 def log_code_prior(prior: dict[str, jax.Array], codes: jax.Array) -> jax.Array:
@@ -698,8 +818,8 @@ def log_code_prior(prior: dict[str, jax.Array], codes: jax.Array) -> jax.Array:
     return jnp.sum(lp.reshape(lp.shape[0], -1), axis=-1)
 
 
-__all__ = ["EMA", "PRIOR", "USAGE", "Codebook", "EMAStats", "Quantised", "VQVAE", "code_counts", "code_statistics",
-           "codebook", "codebook_update", "codes_to_latent", "continuous_codes", "depth_mask", "ema_update",
-           "fit_code_prior", "has_codebook_updates", "log_code_prior", "loss", "nearest_code", "norm_penalty",
-           "objective", "quantise", "residual_quantise", "restart_dead_codes", "sample_codes", "squared_distances",
-           "straight_through"]
+__all__ = ["EMA", "PRIOR", "QUANTISERS", "USAGE", "Codebook", "EMAStats", "Quantised", "VQVAE", "code_counts",
+           "code_statistics", "codebook", "codebook_update", "codes_to_latent", "continuous_codes", "depth_mask",
+           "ema_update", "fit_code_prior", "gumbel_quantise", "has_codebook_updates", "kl_to_uniform_codes",
+           "log_code_prior", "loss", "nearest_code", "norm_penalty", "objective", "quantise", "residual_quantise",
+           "restart_dead_codes", "sample_codes", "squared_distances", "straight_through"]

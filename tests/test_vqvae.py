@@ -11,8 +11,11 @@ import numpy as np
 import optax
 import pytest
 
+from _conditional_checks import BODIES, K, LATENT, N_IN, check_conditional_loss
+from _conditional_checks import batch as cond_batch
+
 import aetk_jax as aet
-from aetk_jax import base, hrqvae, vqvae
+from aetk_jax import base, builders, cli, hrqvae, vqvae
 from aetk_jax import checkpoint as ckpt
 
 
@@ -340,3 +343,197 @@ def test_cli_recipes_build_vq_models_from_the_data_shape():
         assert isinstance(recipe.model.decoder, aet.decoders.Decoder) and recipe.hyper == {}
         v = jax.eval_shape(recipe.model.init, jax.random.key(0), x)
         assert vqvae.codebook(recipe.model, v).shape == (recipe.model.n_levels, recipe.model.n_embeddings, 3)
+
+
+# --------------------------------------------------------------------------- Gumbel-softmax codes (HRQ-VAE)
+
+
+def test_gumbel_relaxation_tends_to_the_hard_code_and_draws_follow_the_softmax(rng):
+    """Fixed noise: the soft weights at τ → 0 are the one-hot of argmax(a + g), and the value is that code;
+    the drawn codes are distributed as softmax(a) (the Gumbel-max property; float64 reference)."""
+    z = jnp.asarray(rng.normal(size=(1, 3)) * 0.5, jnp.float32)
+    cb = jnp.asarray(rng.normal(size=(1, 5, 3)) * 0.5, jnp.float32)
+    key = jax.random.key(3)
+    q, logits = vqvae.gumbel_quantise(z, cb, key, 1.0)
+    a = -((np.asarray(z, np.float64)[:, None] - np.asarray(cb[0], np.float64)[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(logits[0], a, rtol=1e-5, atol=1e-6)
+    g = np.asarray(jax.random.gumbel(jax.random.split(key, 1)[0], (1, 5), jnp.float32), np.float64)
+    k_star = int(np.argmax(a + g))
+    assert int(q.codes[0, 0]) == k_star
+    np.testing.assert_allclose(q.z_q[0], cb[0, k_star], rtol=1e-6)
+    for tau, close in ((1.0, False), (1e-3, True)):
+        y = np.exp((a + g) / tau - np.max((a + g) / tau))
+        y /= y.sum()
+        assert np.allclose(y, np.eye(5)[k_star], atol=1e-6) == close  # the relaxation tends to the hard code
+    # 4000 draws: code frequencies against softmax(a) (binomial standard error < 0.008)
+    z_many = jnp.broadcast_to(z, (4000, 3))
+    codes = np.asarray(vqvae.gumbel_quantise(z_many, cb, jax.random.key(4), 0.7)[0].codes[:, 0])
+    p = np.exp(a[0] - a[0].max())
+    p /= p.sum()
+    np.testing.assert_allclose(np.bincount(codes, minlength=5) / 4000, p, atol=0.03)
+
+
+def test_gumbel_gradient_reaches_every_code_through_the_soft_weights(rng):
+    """For f(z_q) = wᵀz_q with one level: ∂f/∂e_j = 1[j = k*] w + (y_j/τ)(e_jᵀw − Σ_k y_k e_kᵀw) · 2(r − e_j)
+    (the straight-through Gumbel-softmax; float64 NumPy), nonzero for codes not chosen; z gets the
+    gradient through the logits only."""
+    z = jnp.asarray(rng.normal(size=(1, 3)) * 0.5, jnp.float32)
+    cb = jnp.asarray(rng.normal(size=(1, 4, 3)) * 0.5, jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3,)), jnp.float32)
+    key, tau = jax.random.key(5), 0.8
+
+    def f(zz, c):
+        return jnp.sum(vqvae.gumbel_quantise(zz, c, key, tau)[0].z_q * w)
+
+    g_z, g_cb = jax.grad(f, argnums=(0, 1))(z, cb)
+    r, e, w64 = (np.asarray(a, np.float64) for a in (z[0], cb[0], w))
+    a = -((r[None] - e) ** 2).sum(-1)
+    g = np.asarray(jax.random.gumbel(jax.random.split(key, 1)[0], (1, 4), jnp.float32), np.float64)[0]
+    y = np.exp((a + g) / tau - np.max((a + g) / tau))
+    y /= y.sum()
+    k_star = int(np.argmax(a + g))
+    ew = e @ w64
+    coef = y / tau * (ew - y @ ew)
+    ref = np.eye(4)[k_star][:, None] * w64[None] + coef[:, None] * 2.0 * (r[None] - e)
+    np.testing.assert_allclose(g_cb[0], ref, rtol=1e-4, atol=1e-6)
+    assert np.all(np.abs(np.delete(np.asarray(g_cb[0]), k_star, axis=0)).sum(axis=1) > 1e-4)
+    np.testing.assert_allclose(g_z[0], (coef[:, None] * -2.0 * (r[None] - e)).sum(0), rtol=1e-4, atol=1e-6)
+
+
+def test_gumbel_schedule_and_loss_terms(rng):
+    """τ_l(e) = max(τ₀ exp(−e/(γ 1.5^l)), τ_min); the loss adds kl_weight · KL(softmax(a) ‖ U) (float64) and
+    under jit takes a traced epoch; EMA codebooks and bad temperatures are refused naming the argument."""
+    taus = hrqvae.gumbel_temperatures(10, 3, 2.0, 20.0, 0.5)
+    np.testing.assert_allclose(taus, np.maximum(2.0 * np.exp(-10 / (20.0 * 1.5 ** np.arange(3))), 0.5), rtol=1e-6)
+    np.testing.assert_allclose(hrqvae.gumbel_temperatures(200, 3), 0.5)
+    np.testing.assert_allclose(hrqvae.gumbel_temperatures(None, 2, 3.0), 0.5)
+    enc, dec = parts()
+    model = aet.HRQVAE(enc, dec, n_embeddings=5, n_levels=2)
+    x = jnp.asarray(rng.uniform(size=(6, 8)), jnp.float32)
+    v = model.init(jax.random.key(0), x)
+    key = jax.random.key(1)
+    kw = dict(quantiser="gumbel", depth_drop_rate=0.0)
+    v0, m0 = hrqvae.loss(model, v, x, key, kl_weight=0.0, aux=True, **kw)
+    v1, m1 = hrqvae.loss(model, v, x, key, kl_weight=0.3, aux=True, **kw)
+    zq, _ = vqvae.gumbel_quantise(vqvae.continuous_codes(model, v, x), vqvae.codebook(model, v),
+                                  jax.random.split(key)[1], 0.5)
+    z = np.asarray(vqvae.continuous_codes(model, v, x), np.float64)
+    cbs = np.asarray(vqvae.codebook(model, v), np.float64)
+    kl, r = 0.0, z
+    for lvl in range(2):  # the residual after the drawn codes (the value of q_l is e_{k_l})
+        a = -((r[:, None] - cbs[lvl][None]) ** 2).sum(-1)
+        p = np.exp(a - a.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        kl = kl + (p * np.log(p)).sum(1) + np.log(5)
+        r = r - cbs[lvl][np.asarray(zq.codes[:, lvl])]
+    np.testing.assert_allclose(m1["kl"], kl.mean(), rtol=1e-4)
+    np.testing.assert_allclose(v1 - v0, 0.3 * kl.mean(), rtol=1e-4)
+    assert float(m1["temperature"]) == 0.5
+    jitted = jax.jit(lambda e: hrqvae.loss(model, v, x, key, epoch=e, aux=True, **kw)[1]["temperature"])
+    np.testing.assert_allclose(jitted(jnp.int32(0)), 1.0)
+    ema = aet.HRQVAE(enc, dec, n_embeddings=5, n_levels=2, use_ema=True)
+    with pytest.raises(ValueError, match="quantiser"):
+        hrqvae.loss(ema, ema.init(jax.random.key(0), x), x, key, quantiser="gumbel")
+    for bad, name in (({"quantiser": "soft"}, "quantiser"), ({"quantiser": "gumbel", "temperature": 0.0},
+                      "temperature"), ({"quantiser": "gumbel", "kl_weight": -1.0}, "kl_weight")):
+        with pytest.raises(ValueError, match=name):
+            hrqvae.loss(model, v, x, key, **bad)
+
+
+@pytest.mark.slow
+def test_hrqvae_with_gumbel_codes_trains_on_digits(digits):
+    """The Gumbel option trains (annealed τ through fit's epoch) to below 0.8 of the mean-image error."""
+    train, val = digits
+    x, xv = jnp.asarray(train.x), jnp.asarray(val.x)
+    enc, dec = parts(latent=4, hidden=32, data_dim=64)
+    model = aet.HRQVAE(enc, dec, n_embeddings=16, n_levels=3)
+    loss_fn = functools.partial(hrqvae.loss, model, quantiser="gumbel", temperature_decay=2.0)
+    variables, history = _fit(model, loss_fn, x, 6)
+    assert history["train"]["loss"][-1] < 0.7 * history["train"]["loss"][0]
+    assert history["train"]["temperature"][0] == 1.0 and history["train"]["temperature"][-1] == 0.5
+    _, m = hrqvae.loss(model, variables, xv, depth_drop_rate=0.0, aux=True)  # nearest codes at evaluation
+    baseline = float(jnp.mean(jnp.sum((xv - jnp.mean(x, axis=0)) ** 2, axis=-1)))
+    assert float(m["reconstruction"]) < 0.8 * baseline
+    assert float(m["codes_used"]) > 1
+
+
+# --------------------------------------------------------------------------- conditional models
+
+
+def _conditional(name, **model_kw):
+    recipe = builders.build(name, (N_IN,), latent_dim=LATENT, hidden=(8,))
+    model = recipe.model.clone(n_conditions=K, restart_after=0, **model_kw)  # no int collection: grad of all
+    return model, model.init(jax.random.key(3), cond_batch())
+
+
+@pytest.mark.parametrize("name, hyper", [("vqvae", {}), ("hrqvae", {}), ("hrqvae", {"quantiser": "gumbel"})])
+def test_vq_models_are_conditional(name, hyper):
+    """z_e(x, c) and p(x|z_q, c): a constant label is the unconditional loss at the absorbed parameters,
+    zero condition rows make the label irrelevant, and the condition's rows get gradient
+    (``_conditional_checks``); depth dropout and the Gumbel draws use the same key in both."""
+    model, variables = _conditional(name)
+    loss = functools.partial(vqvae.loss if name == "vqvae" else hrqvae.loss, **hyper)
+    check_conditional_loss(model, variables, loss, BODIES, trained=BODIES)
+
+
+def test_conditional_code_prior_is_fitted_per_label_and_sampled_under_the_label(rng):
+    """fit_code_prior of a label-conditional HRQ-VAE: p(k_1 | y) and the transitions are the code counts of
+    each label's examples (NumPy); aet.sample draws sample i's codes from p(· | y_i) and decodes them under y_i."""
+    model, variables = _conditional("hrqvae")
+    x = jnp.asarray(rng.uniform(size=(60, N_IN)), jnp.float32)
+    c = jnp.asarray(np.r_[rng.integers(0, K - 1, 59), K - 1], jnp.int32)
+    n_emb = model.n_embeddings
+    spread = rng.normal(size=(4, n_emb, LATENT)) * 0.5 ** np.arange(4)[:, None, None]  # codes in use at every level
+    variables = {**variables, "params": {**variables["params"], "quantiser": {"codebook": jnp.asarray(
+        spread, jnp.float32)}}}
+    fitted = vqvae.fit_code_prior(model, variables, (x, c), batch_size=25)
+    codes, labels = np.asarray(vqvae.quantise(model, variables, (x, c)).codes), np.asarray(c)
+    prior = fitted[vqvae.PRIOR]
+    assert prior["first"].shape == (K, n_emb) and prior["transitions"].shape == (K, 3, n_emb, n_emb)
+    for y in range(K):
+        mine = codes[labels == y]
+        np.testing.assert_allclose(prior["first"][y], np.bincount(mine[:, 0], minlength=n_emb) / len(mine), atol=1e-6)
+        t = np.zeros((n_emb, n_emb))
+        np.add.at(t, (mine[:, 0], mine[:, 1]), 1)
+        rows = t.sum(1, keepdims=True)
+        want = np.where(rows > 0, t / np.where(rows > 0, rows, 1), 1.0 / n_emb)
+        np.testing.assert_allclose(prior["transitions"][y, 0], want, atol=1e-6)
+    # a deterministic prior per label: label y always draws code y + 1 at every level
+    eye = np.eye(n_emb)
+    det = {"first": jnp.asarray(eye[1:K + 1]),
+           "transitions": jnp.asarray(np.stack([np.broadcast_to(np.tile(eye[y + 1], (n_emb, 1)), (3, n_emb, n_emb))
+                                                for y in range(K)]))}
+    labels = jnp.asarray([2, 0, 1, 2, 1], jnp.int32)
+    s = aet.sample(model, {**variables, vqvae.PRIOR: det}, jax.random.key(0), 5, condition=labels)
+    cb = np.asarray(vqvae.codebook(model, variables))
+    np.testing.assert_allclose(s.z, cb[:, np.asarray(labels) + 1].sum(0), rtol=1e-6)
+    want_x = aet.decoders.decoder_mean(model.decoder, base.decode(model, variables, s.z, labels))
+    np.testing.assert_allclose(s.x, want_x, rtol=1e-6)
+    with pytest.raises(ValueError, match="pass `condition`"):
+        aet.sample(model, fitted, jax.random.key(0), 5)
+    plain = builders.build("vqvae", (N_IN,), latent_dim=LATENT, hidden=(8,)).model
+    pv = vqvae.fit_code_prior(plain, plain.init(jax.random.key(0), x), x)
+    with pytest.raises(ValueError, match="not conditional"):
+        aet.sample(plain, pv, jax.random.key(0), 5, condition=labels)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_vq_recipes_restart_codes_unless_told_not_to(tmp_path, capsys):
+    """`aet train --model vqvae` restarts codes unused for 20 steps (without restarts the CLI's VQ-VAE used
+    a single code after 3 epochs); --no-code-restarts turns them off and is recorded; it is refused for
+    other models, as is --condition-on-labels for the VQ models (their per-class plot needs a fitted prior)."""
+    digits = aet.data.load_digits()[0]
+    for argv, want in ((["--model", "vqvae"], 20), (["--model", "hrqvae", "--no-code-restarts"], 0)):
+        out, cfg = cli.resolve_config(cli._parser().parse_args(["train", *argv, "--out", str(tmp_path / "r")]))
+        assert cfg["code_restarts"] == (want > 0)
+        model = cli._recipe(cfg, digits).model
+        assert model.restart_after == want and vqvae.has_codebook_updates(model) == (want > 0)
+    assert builders.build("vqvae", (64,), restart_after=5).model.restart_after == 5
+    for argv, match in ((["--model", "vae", "--no-code-restarts"], "--no-code-restarts applies to"),
+                        (["--model", "vqvae", "--condition-on-labels"], "--condition-on-labels with --model vqvae")):
+        assert cli.main(["train", *argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+        assert match in capsys.readouterr().err
+    with pytest.raises(ValueError, match="restart_after"):
+        builders.build("vae", (64,), restart_after=3)
