@@ -236,9 +236,10 @@ class BuildContext(NamedTuple):
     """What a model-specific builder gets: the default encoder and decoder and the sizes.
 
     ``encoder``: the Gaussian MLP encoder (or the deterministic ``Encoder`` for
-    :data:`DETERMINISTIC_MODELS`); ``decoder``: the likelihood decoder of the
-    chosen ``decoder_kind``; ``n_in``: features per example; ``data_shape``: the
-    per-example shape; ``hidden``: the encoder's hidden widths (decoder: reversed).
+    :data:`DETERMINISTIC_MODELS`; convolutional with ``arch="conv"``); ``decoder``: the
+    likelihood decoder of the chosen ``decoder_kind``; ``n_in``: features per example;
+    ``data_shape``: the per-example shape; ``hidden``: the encoder's hidden widths
+    (decoder: reversed); ``curvature``: the Poincaré VAE's c (``None``: 1).
     """
 
     encoder: Any
@@ -248,6 +249,7 @@ class BuildContext(NamedTuple):
     latent_dim: int
     hidden: tuple[int, ...]
     decoder_kind: str
+    curvature: Optional[float] = None  # pvae: the ball's curvature −c (None: the model's default 1)
 
 
 # CLI name -> builder(ctx: BuildContext, hp: dict) -> (model, loss module); models with extra networks
@@ -315,20 +317,42 @@ def _build_vaegan(ctx: BuildContext, hp: dict[str, Any]) -> tuple[Any, Any]:
 
 
 # @vq builder functions
+#: the CLI's VQ-VAE / HRQ-VAE restart dead codes after this many steps without an assignment
+#: (docs/models/vq.md: without restarts the CLI's VQ-VAE used a single code after 3 epochs)
+VQ_RESTART_AFTER = 20
+
+
+def _check_model_options(name: str, restart_after: Any, curvature: Any) -> None:
+    """``ValueError`` naming the option when it is given for a model that has no such option, or is invalid."""
+    from .validation import check_int, check_scalar
+
+    if restart_after is not None:
+        if name not in ("vqvae", "hrqvae"):
+            raise ValueError(f"`restart_after` (dead-code restarts) applies to vqvae and hrqvae, not {name!r}")
+        check_int(restart_after, "restart_after", minimum=0)
+    if curvature is not None:
+        if name != "pvae":
+            raise ValueError(f"`curvature` applies to pvae, not {name!r}")
+        check_scalar(curvature, "curvature", positive=True)
+
+
 # @flows builder functions
 # @manifold builder functions
 def _build_svae(ctx: BuildContext, hp: dict[str, Any]) -> tuple[Any, Any]:
-    """S-VAE: a von Mises–Fisher encoder on S^{latent_dim − 1} (MLP(hidden) body) and the likelihood decoder."""
+    """S-VAE: a von Mises–Fisher encoder on S^{latent_dim − 1} on the default encoder's body (the MLP, or the
+    convolutional body with ``arch="conv"``) and the likelihood decoder."""
     from . import svae
 
-    return svae.SVAE(svae.VMFEncoder(_body(ctx.hidden), ctx.latent_dim), ctx.decoder), svae
+    return svae.SVAE(svae.VMFEncoder(ctx.encoder.body, ctx.latent_dim), ctx.decoder), svae
 
 
 def _build_pvae(ctx: BuildContext, hp: dict[str, Any]) -> tuple[Any, Any]:
-    """Poincaré VAE (curvature 1, wrapped normals): a Poincaré-ball encoder (MLP(hidden) body), the likelihood decoder."""
+    """Poincaré VAE (wrapped normals; curvature ``ctx.curvature``, default 1): a Poincaré-ball encoder on the
+    default encoder's body (MLP or convolutional) and the likelihood decoder."""
     from . import pvae
 
-    return pvae.PoincareVAE(pvae.PoincareEncoder(_body(ctx.hidden), ctx.latent_dim), ctx.decoder), pvae
+    c = {} if ctx.curvature is None else {"curvature": float(ctx.curvature)}
+    return pvae.PoincareVAE(pvae.PoincareEncoder(ctx.encoder.body, ctx.latent_dim), ctx.decoder, **c), pvae
 
 
 
@@ -345,6 +369,8 @@ def build(
     metric_lam: float = 1e-2,
     arch: str = "mlp",
     image_shape: Optional[Sequence[int]] = None,
+    restart_after: Optional[int] = None,
+    curvature: Optional[float] = None,
     **hyper: Any,
 ) -> Recipe:
     """Build model ``name`` on flat data of ``prod(data_shape)`` features.
@@ -357,7 +383,10 @@ def build(
     builds the encoder and decoder with :func:`conv_encoder` and
     :func:`conv_decoder` for images of ``image_shape`` (default: ``data_shape``
     when it is 2-D or 3-D); the RHVAE's metric network and other extra networks
-    stay MLPs.
+    stay MLPs. ``restart_after`` (VQ-VAE, HRQ-VAE only): restart a code unused for
+    this many steps, 0 for never (default :data:`VQ_RESTART_AFTER`); ``curvature``
+    (Poincaré VAE only): c > 0 of the ball (default 1). Either given for another
+    model is a ``ValueError``.
     """
     from . import decoders, encoders, infomaxvae, rhvae
 
@@ -383,11 +412,17 @@ def build(
     else:
         enc = encoders.JointGaussianLogEncoder(_body(hidden), latent_dim)
         dec = _decoder(decoder, n_in, hidden[::-1])
+    _check_model_options(name, restart_after, curvature)
+    if name in ("vqvae", "hrqvae"):
+        recipe = _table_recipe(name, DETERMINISTIC_MODELS[name], enc, dec, hp)
+        model = recipe.model.clone(restart_after=VQ_RESTART_AFTER if restart_after is None else int(restart_after))
+        return recipe._replace(model=model, loss=functools.partial(recipe.loss.func, model, **hp))
     if det:
         return _table_recipe(name, DETERMINISTIC_MODELS[name], enc, dec, hp)
     custom = _custom_builds()
     if name in custom:
-        ctx = BuildContext(enc, dec, n_in, tuple(int(s) for s in data_shape), latent_dim, tuple(hidden), decoder)
+        ctx = BuildContext(enc, dec, n_in, tuple(int(s) for s in data_shape), latent_dim, tuple(hidden), decoder,
+                           curvature)
         model, module = custom[name](ctx, hp)
         return Recipe(name, model, functools.partial(module.loss, model, **hp), hp)
     if name in PLAIN_MODELS:

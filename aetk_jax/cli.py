@@ -68,6 +68,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "arch": "mlp",
     "image_shape": None,
     "condition_on_labels": False,
+    "code_restarts": True,  # @vq: vqvae/hrqvae restart dead codes (builders.VQ_RESTART_AFTER); --no-code-restarts
+    "curvature": None,  # @manifold: pvae's c (None: 1.0); --curvature
 }
 COLLAPSE_KL = 0.01  # nats per latent dimension: below it the posterior has collapsed onto the prior
 # the models whose "kl" metric is KL(q(z|x) || p(z)) (RHVAE's "kl" is a different gap)
@@ -127,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="a conditional model (encoder q(z|x, y), decoder p(x|z, y)) on the data's labels y")
     t.add_argument("--image-shape", type=int, nargs="+", default=None, metavar="N",
                    help="H W [C] of one example for --arch conv (default: the data file's own)")
+    t.add_argument("--no-code-restarts", dest="code_restarts", action="store_false", default=None,
+                   help="vqvae/hrqvae: never restart dead codes (by default a code unused for 20 steps is "
+                        "re-initialised to an encoding of the batch)")
+    t.add_argument("--curvature", type=float, default=None, metavar="C",
+                   help="pvae: the Poincaré ball's curvature is -C (C > 0, default 1)")
     t.add_argument(
         "--resume",
         nargs="?",
@@ -157,11 +164,37 @@ def _recipe(cfg: dict[str, Any], train_ds: Any):
     arch = cfg.get("arch", "mlp")
     if arch == "conv":
         extra.update(arch="conv", image_shape=_conv_image_shape(cfg, train_ds))
+    extra.update(_model_options(cfg))
     recipe = build(
         cfg["model"], train_ds.x.shape[1:], latent_dim=cfg["latent_dim"], decoder=cfg["decoder"],
         hidden=tuple(cfg["hidden"]), **extra,
     )
     return _conditioned(recipe, cfg, train_ds) if cfg.get("condition_on_labels") else recipe
+
+
+def _model_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``build``'s model options from the run's ``code_restarts`` (VQ models) and ``curvature`` (pvae)."""
+    out: dict[str, Any] = {}
+    if cfg["model"] in ("vqvae", "hrqvae") and not cfg.get("code_restarts", True):
+        out["restart_after"] = 0
+    if cfg["model"] == "pvae" and cfg.get("curvature") is not None:
+        out["curvature"] = float(cfg["curvature"])
+    return out
+
+
+def _check_model_options(cfg: dict[str, Any]) -> None:
+    """``UserError`` for --no-code-restarts / --curvature given for a model without the option, or c ≤ 0."""
+    if not cfg["code_restarts"] and cfg["model"] not in ("vqvae", "hrqvae"):
+        raise UserError(f"--no-code-restarts applies to --model vqvae or hrqvae, not {cfg['model']}")
+    if cfg["curvature"] is not None:
+        if cfg["model"] != "pvae":
+            raise UserError(f"--curvature applies to --model pvae, not {cfg['model']}")
+        if not cfg["curvature"] > 0:  # also NaN
+            raise UserError(f"--curvature must be > 0, got {cfg['curvature']}")
+    if cfg["condition_on_labels"] and cfg["model"] in ("vqvae", "hrqvae"):
+        raise UserError(f"--condition-on-labels with --model {cfg['model']}: the run's per-class sample plot "
+                        "does not fit the code prior yet; build the model with aet.VQVAE(..., n_conditions=n) "
+                        "in Python (aet.vqvae.fit_code_prior fits one prior per label)")
 
 
 def _conditioned(recipe, cfg: dict[str, Any], train_ds: Any):
@@ -286,6 +319,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             if diffs:
                 raise UserError(f"cannot resume {out}: " + "; ".join(diffs))
             cfg.update({k: stored[k] for k in RUN_DEFAULTS if k in stored})
+            if "code_restarts" not in stored and cfg["model"] in ("vqvae", "hrqvae"):
+                cfg["code_restarts"] = False  # a run made before the option: its VQ model had no restarts
             stored_epochs = stored.get("epochs")
         else:  # `--resume DIR`, `--resume --out DIR` and a bare `--resume` alike
             raise UserError(f"--resume {out}: not a training run (no config.json); to start one, leave out --resume")
@@ -318,7 +353,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "arch": cfg["arch"],
         "image_shape": None if cfg["image_shape"] is None else list(cfg["image_shape"]),
         "condition_on_labels": bool(cfg["condition_on_labels"]),
+        "code_restarts": bool(cfg["code_restarts"]),
+        "curvature": None if cfg["curvature"] is None else float(cfg["curvature"]),
     }
+    _check_model_options(cfg)
     return out, cfg
 
 
