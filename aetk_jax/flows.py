@@ -33,6 +33,11 @@ method returns ``(z_K, Σ log det)``. Everything else is written once here: the 
 log w = log p(x|z_K) + log p(z_K) − log q_K(z_K|x) that ``aet.evaluate`` uses for these
 models (the flowed posterior is the proposal of ``marginal_loglikelihood``). The prior
 is the model's (N(0, I) by default), so ``aet.sample`` is the default sampler.
+
+Conditional flows (``n_conditions`` or ``condition_dim`` > 0; the pair ``x = (x, c)``): the base
+posterior is q₀(z₀|x, c) (the encoder sees [flatten(x), e(c)]) and the decoder p(x|z_K, c); the
+flow layers are the same for every condition, and the IAF's context network sees the data x
+alone, so log q_K(z_K|x, c) = log q₀(z₀|x, c) − Σ_k log |det ∂f_k/∂z_{k−1}|.
 """
 from __future__ import annotations
 
@@ -45,8 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import evaluate
-from .base import AutoEncoderModel, Variables, check_inputs, encode, finish, log_prior, sample_posterior
-from .decoders import decoder_loglikelihood
+from .base import (
+    AutoEncoderModel, Variables, check_inputs, encode, finish, log_prior, mc_loglikelihood, sample_posterior,
+    split_condition,
+)
 from .encoders import encoder_logposterior, encoder_mean
 from .validation import check_int, check_scalar
 
@@ -257,13 +264,14 @@ class FlowVAE(AutoEncoderModel):
     """
 
     def flow(self, z0: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Push codes ``z0`` ``(..., batch, d)`` of the examples ``x`` through the flow."""
+        """Push codes ``z0`` ``(..., batch, d)`` of the examples ``x`` (the data, without a condition) through the flow."""
         raise NotImplementedError
 
-    def __call__(self, x: jax.Array) -> Any:
-        z, _ = self.flow(encoder_mean(self.encoder, self.encoder(x)), x)
+    def __call__(self, x: Any) -> Any:
+        x, c = split_condition(self, x)
+        z, _ = self.flow(encoder_mean(self.encoder, self.encode(x, c)), x)
         self.init_prior(z)
-        return self.decoder(z)
+        return self.decode(z, c)
 
 
 def run_layers(layers: Sequence[Any], z: jax.Array, *args: Any) -> tuple[jax.Array, jax.Array]:
@@ -307,7 +315,7 @@ def flowed_draws(
     Args:
         model: a :class:`FlowVAE`.
         variables: its variables.
-        x: data ``(batch, *data_shape)``.
+        x: data ``(batch, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key for the draws.
         n_samples: S ≥ 1 draws per example.
         enc_out: the encoder's output for ``x``, when already computed.
@@ -317,15 +325,14 @@ def flowed_draws(
     """
     enc_out = encode(model, variables, x) if enc_out is None else enc_out
     z0 = sample_posterior(model, enc_out, key, n_samples)
-    z, logdet = model.apply(variables, z0, x, method="flow")
+    z, logdet = model.apply(variables, z0, split_condition(model, x)[0], method="flow")
     logq = encoder_logposterior(model.encoder, z0, enc_out) - logdet
     return FlowDraws(z0, z, logdet, logq, enc_out)
 
 
-def _parts(model: FlowVAE, variables: Variables, x: jax.Array, draws: FlowDraws) -> tuple[jax.Array, jax.Array]:
-    """log p(x|z_K) and log p(z_K) of the draws, each ``(S, batch)``."""
-    loglik = jax.vmap(lambda z: decoder_loglikelihood(model.decoder, x, model.apply(variables, z, method="decode")))
-    return loglik(draws.z), log_prior(model, variables, draws.z)
+def _parts(model: FlowVAE, variables: Variables, x: Any, draws: FlowDraws) -> tuple[jax.Array, jax.Array]:
+    """log p(x|z_K) (log p(x|z_K, c) for a pair) and log p(z_K) of the draws, each ``(S, batch)``."""
+    return mc_loglikelihood(model, variables, x, draws.z), log_prior(model, variables, draws.z)
 
 
 def log_weights(
@@ -336,7 +343,7 @@ def log_weights(
     Args:
         model: a :class:`FlowVAE`.
         variables: its variables.
-        x: data ``(batch, *data_shape)``.
+        x: data ``(batch, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key for the draws.
         n_samples: S ≥ 1.
         enc_out: the encoder's output for ``x``, when already computed.
@@ -370,7 +377,7 @@ def flow_elbo_terms(
     Args:
         model: a :class:`FlowVAE`.
         variables: its variables.
-        x: data ``(batch, *data_shape)``.
+        x: data ``(batch, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key.
         n_samples: S ≥ 1.
 
@@ -389,7 +396,7 @@ def elbo(model: FlowVAE, variables: Variables, x: jax.Array, key: jax.Array, *, 
     Args:
         model: a :class:`FlowVAE`.
         variables: its variables.
-        x: data ``(batch, *data_shape)``.
+        x: data ``(batch, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key.
         n_samples: S ≥ 1 draws averaged per example.
 
@@ -417,7 +424,7 @@ def loss(
     Args:
         model: a :class:`FlowVAE`.
         variables: its variables.
-        x: data ``(batch, *data_shape)``.
+        x: data ``(batch, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key.
         beta: the weight β ≥ 0 of the KL estimate (1 for the ELBO; pythae has none).
         n_samples: S ≥ 1 draws per example.

@@ -53,7 +53,9 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from .base import AutoEncoderModel, Variables, check_inputs, decode, encode, finish, kl_term, sample_posterior
+from .base import (
+    AutoEncoderModel, Variables, check_inputs, decode, encode, finish, kl_term, sample_posterior, split_condition,
+)
 from .decoders import decoder_mean
 from .validation import check_int, check_scalar
 
@@ -273,7 +275,8 @@ def loss(
     Args:
         model: an ``MSSSIM_VAE`` (any model with a stochastic encoder and a decoder).
         variables: its variables.
-        x: data ``(batch, *data_shape)`` whose examples are images (:func:`image_shape_of`).
+        x: data ``(batch, *data_shape)`` whose examples are images (:func:`image_shape_of`); the pair
+            ``(x, c)`` for a conditional model (q(z|x, c), x̂ decoded under c).
         key: PRNG key for the draw z ~ q(z|x).
         beta: the KL weight β ≥ 0.
         window_size: the SSIM window's side (odd, at most the image's smaller side).
@@ -286,14 +289,15 @@ def loss(
     """
     check_inputs(model, x, key)
     check_scalar(beta, "beta", nonnegative=True)
-    shape = image_shape_of(model, x)
+    data, c = split_condition(model, x)
+    shape = image_shape_of(model, data)
     check_window(window_size, shape[0], shape[1])
     enc_out = encode(model, variables, x)
     zs = sample_posterior(model, enc_out, key, 1)
-    x_hat = decoder_mean(model.decoder, decode(model, variables, zs[0]))
-    batch = x.shape[0]
+    x_hat = decoder_mean(model.decoder, decode(model, variables, zs[0], c))
+    batch = data.shape[0]
     score = msssim(
-        x.reshape(batch, *shape), x_hat.reshape(batch, *shape).astype(x.dtype),
+        data.reshape(batch, *shape), x_hat.reshape(batch, *shape).astype(data.dtype),
         window_size=window_size, data_range=data_range,
     )
     mean_score, kl = jnp.mean(score), jnp.mean(kl_term(model, variables, enc_out, zs))
