@@ -71,6 +71,12 @@ registered ``decoder_support`` are not checked. A conditional model
 against ``n_conditions`` here, on the host; each epoch's shuffle permutes x and
 y together and a mesh shards both.
 
+Streaming: with ``chunk_size`` ``data`` (a memory map, an array or a random-access source with
+``__len__`` and ``__getitem__(index array)``) is read and trained ``chunk_size`` examples at a time by
+:class:`aet.training.streaming.ChunkedEpoch` (a global permutation per epoch, read chunk by chunk; the
+data checked chunk by chunk before compiling; ``val_data`` in memory; an end-of-epoch update sees the
+epoch's last full chunk); see :mod:`aet.training.streaming`.
+
 Ctrl-C (SIGINT, handled in the main thread only; the previous handler is
 restored when ``fit`` returns): the first Ctrl-C lets the current epoch
 (during the setup and the first compilation: the first epoch) finish and
@@ -334,7 +340,7 @@ def _check_data(model: nn.Module, data: Any, val_data: Any, batch_size: int,
     """``data`` and ``val_data`` as arrays (pairs ``(x, c)`` for a conditional model), checked
     (shapes, batch size, labels, the decoder's support); with ``chunk_size`` ``data`` is a
     :class:`streaming.Source`, checked chunk by chunk (``val_data`` stays in memory)."""
-    if chunk_size is None and streaming.is_random_access(data) and not hasattr(data, "x"):
+    if chunk_size is None and streaming.is_random_access(data):
         raise TypeError(f"`data` is a random-access source ({type(data).__name__}), not an array: pass "
                         "`chunk_size` to stream it chunk by chunk")
     if chunk_size is not None and jax.process_count() > 1:

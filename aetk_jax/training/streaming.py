@@ -86,7 +86,11 @@ class _CastRows:
 class Source:
     """Training data read by rows: ``read(idx)`` gives the rows ``idx`` (the pair ``(x, c)`` when conditional).
 
-    Attributes: ``name`` (the argument's name in messages), ``conditional``.
+    Args:
+        read: ``read(idx) -> rows`` for a 1-D ``int64`` index array.
+        n: the number of rows.
+        name: the argument's name in messages.
+        conditional: the rows are pairs ``(x, c)``.
     """
 
     def __init__(self, read: Callable[[np.ndarray], Any], n: int, name: str, conditional: bool) -> None:
@@ -110,7 +114,14 @@ class Source:
 
 
 def is_random_access(data: Any) -> bool:
-    """True for an object that is not an array but has ``__len__`` and ``__getitem__`` (a row source)."""
+    """True for an object that is not an array but has ``__len__`` and ``__getitem__`` (a row source).
+
+    Args:
+        data: what ``fit`` was given as ``data``.
+
+    Returns:
+        Whether ``data`` is read through its ``__getitem__`` (tuples, lists, dicts and strings are not).
+    """
     return not _is_array(data) and hasattr(data, "__len__") and hasattr(data, "__getitem__") and not isinstance(
         data, (tuple, list, dict, str))
 
@@ -127,7 +138,7 @@ def as_source(model: nn.Module, data: Any, name: str = "data") -> Source:
         A :class:`Source`; nothing is read yet.
     """
     conditional = is_conditional(model)
-    if is_random_access(data) and not hasattr(data, "x"):
+    if is_random_access(data):
         return Source(lambda idx: data[idx], len(data), name, conditional)
     if conditional:
         if isinstance(data, (tuple, list)) and not hasattr(data, "x") and len(data) == 2:
