@@ -285,7 +285,7 @@ def test_vqvae_trains_on_digits_uses_codes_samples_and_resumes_bit_exactly(digit
         aet.sample(model, variables, jax.random.key(1), 4)
     # resume: as if the run had been killed after its 4th epoch
     for e in (4, 5):
-        os.remove(ckpt.path_for(d, e))
+        ckpt.remove(ckpt.path_for(d, e))
     resumed, hist = _fit(model, loss_fn, x, 6, checkpoint_dir=d, resume=True, keep_checkpoints=100)
     assert set(resumed) == {"params", vqvae.EMA, vqvae.USAGE}
     for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(resumed)):
