@@ -26,6 +26,13 @@ likelihood decoder: the model's variables are the VAE's plus a
 log-likelihood and ``aet.sample`` decodes prior draws. Shapes: ``x``
 ``(B, *data_shape)``, codes ``(B, d)``.
 
+Conditional (``n_conditions`` or ``condition_dim`` > 0): both losses take the
+pair ``x = (x, c)``; the encoder is q(z|x, c), the decoder p(x|z, c), and the
+discriminator still sees the codes alone, D(z): the prior p(z) is
+unconditional, so the aggregate posterior E_{x,c} q(z|x, c) is matched to it
+and the label is left to the decoder (Makhzani et al.'s supervised AAE, whose
+codes carry the style while c carries the class).
+
 Departures from pythae (``pythae.models.Adversarial_AE``):
 
 - the reconstruction term is the decoder's log-likelihood (pythae: summed MSE or
@@ -78,7 +85,7 @@ def _check_scale(value: Any) -> None:
 def loss(
     model: AAE,
     variables: Variables,
-    x: jax.Array,
+    x: Any,
     key: jax.Array,
     *,
     adversarial_loss_scale: float = 0.5,
@@ -89,7 +96,7 @@ def loss(
     Args:
         model: an ``AAE``.
         variables: its variables (with a ``"discriminator"`` group).
-        x: a batch ``(B, *data_shape)``.
+        x: a batch ``(B, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key (one code per example, drawn as ``aet.vae.loss`` draws it).
         adversarial_loss_scale: s ≥ 0.
         aux: also return the metrics.
@@ -108,7 +115,7 @@ def loss(
     return finish(value, {"loglikelihood": loglik, "generator": generator, "kl": kl, "elbo": loglik - kl}, aux)
 
 
-def discriminator_loss(model: AAE, variables: Variables, x: jax.Array, key: jax.Array, *, aux: bool = False) -> Any:
+def discriminator_loss(model: AAE, variables: Variables, x: Any, key: jax.Array, *, aux: bool = False) -> Any:
     """The discriminator's loss: prior draws labelled 1, codes of ``x`` labelled 0; a scalar.
 
     Codes z ~ q(z|x) (one per example, drawn with ``key`` as in ``loss``) and prior
@@ -117,7 +124,7 @@ def discriminator_loss(model: AAE, variables: Variables, x: jax.Array, key: jax.
     Args:
         model: an ``AAE``.
         variables: its variables.
-        x: a batch ``(B, *data_shape)``.
+        x: a batch ``(B, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key.
         aux: also return ``{"loss", "prior_score", "code_score"}`` (the mean σ(D) on each set).
 

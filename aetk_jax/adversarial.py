@@ -10,13 +10,19 @@ step (``aetk_jax/training/hooks.py``). This module holds what the three share:
   its ``__call__`` creates the VAE's parameters and then D's, on the input
   :meth:`AdversarialModel.discriminator_example` names (one code ``(1, d)`` by
   default; the VAE-GAN overrides it with the data);
-- ``model.discriminate(inputs)`` and :func:`discriminate`: D's output for
-  ``inputs`` ``(B, ...)``;
+- ``model.discriminate(inputs, c=None)`` and :func:`discriminate`: D's output for
+  ``inputs`` ``(B, ...)``; with a condition ``c`` D sees
+  ``[flatten(inputs), e(c)]`` ``(B, n + k)``, the condition joined as the encoder's
+  body sees it (``aet.base``);
 - :class:`Discriminator`: a default discriminator, a body on the flattened input
   and a scalar logit ``(B,)``;
 - :func:`binary_cross_entropy`: mean_b −[t log σ(l_b) + (1 − t) log(1 − σ(l_b))];
 - :func:`frozen_discriminator`: the variables with D's parameters as constants,
   for the losses that train the other networks.
+
+Conditional models (``n_conditions``/``condition_dim`` > 0) take pairs ``(x, c)``
+like every other model; which discriminators see c is each model's choice
+(AAE and FactorVAE: codes alone; VAE-GAN: data and condition).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .base import AutoEncoderModel, Variables, split_condition
+from .base import AutoEncoderModel, Variables, is_conditional, split_condition
 from .piwae import stop_part
 
 #: the name of the discriminator's parameter group in ``variables["params"]``
@@ -79,24 +85,31 @@ class AdversarialModel(AutoEncoderModel):
 
     discriminator: nn.Module
 
-    def discriminate(self, inputs: jax.Array) -> Any:
-        """D(inputs)."""
-        return self.discriminator(inputs)
+    def discriminate(self, inputs: jax.Array, c: Any = None) -> Any:
+        """D(inputs), or D([flatten(inputs), e(c)]) given a condition ``c`` (``(batch,)`` labels or covariates)."""
+        if c is None:
+            return self.discriminator(inputs)
+        if not is_conditional(self):
+            raise ValueError(f"`c`: {type(self).__name__} is not conditional, but a condition was given to its "
+                             "discriminator")
+        flat = inputs.reshape(inputs.shape[0], -1)
+        return self.discriminator(jnp.concatenate([flat, self.embed_condition(c, flat.dtype)], axis=-1))
 
-    def discriminator_example(self, x: jax.Array) -> jax.Array:
-        """The input on which ``__call__`` creates D's parameters: one zero code ``(1, d)``.
+    def discriminator_example(self, x: jax.Array, c: Any) -> tuple[jax.Array, Any]:
+        """The ``(inputs, c)`` on which ``__call__`` creates D's parameters: one zero code ``(1, d)``, no condition.
 
         Args:
-            x: the data given to ``__call__``.
+            x: the data given to ``__call__`` (without its condition).
+            c: its condition (``None`` for an unconditional model).
 
         Returns:
-            The input of :meth:`discriminate`.
+            ``(inputs, condition)`` for :meth:`discriminate`.
         """
-        return jnp.zeros((1, self.latent_dim))
+        return jnp.zeros((1, self.latent_dim)), None
 
     def __call__(self, x: Any) -> Any:
         out = super().__call__(x)  # the encoder, decoder (and prior) parameters, as the VAE's
-        self.discriminate(self.discriminator_example(split_condition(self, x)[0]))
+        self.discriminate(*self.discriminator_example(*split_condition(self, x)))
         return out
 
 
@@ -113,18 +126,21 @@ def binary_cross_entropy(logits: jax.Array, target: float) -> jax.Array:
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
 
 
-def discriminate(model: nn.Module, variables: Variables, inputs: jax.Array) -> Any:
+def discriminate(model: nn.Module, variables: Variables, inputs: jax.Array, condition: Any = None) -> Any:
     """The discriminator's output for ``inputs`` (logits ``(batch,)`` for AAE and FactorVAE).
 
     Args:
         model: an :class:`AdversarialModel`.
         variables: its variables.
         inputs: what D takes, ``(batch, ...)`` (codes, or data for the VAE-GAN).
+        condition: ``None``, or the batch's condition, joined to the inputs (:meth:`AdversarialModel.discriminate`).
 
     Returns:
         D's output.
     """
-    return model.apply(variables, inputs, method="discriminate")
+    if condition is None:
+        return model.apply(variables, inputs, method="discriminate")
+    return model.apply(variables, inputs, condition, method="discriminate")
 
 
 def frozen_discriminator(variables: Variables) -> Variables:

@@ -43,6 +43,12 @@ reconstruction term is the decoder's log-likelihood (pythae: summed MSE or BCE);
 pythae computes both losses at the same parameters and steps both optimizers,
 here the discriminator's loss follows the VAE's update (the paper's Algorithm 1
 order). The model's variables are the VAE's plus a ``"discriminator"`` group.
+
+Conditional (``n_conditions`` or ``condition_dim`` > 0): both losses take the
+pair ``x = (x, c)``, the encoder is q(z|x, c) and the decoder p(x|z, c); the
+discriminator sees the codes alone, so the penalty is the total correlation of
+the aggregate posterior q(z) = E_{x,c} q(z|x, c) (the codes are to be
+factorised whatever the condition; the condition itself is not a code dimension).
 """
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ import jax.numpy as jnp
 
 from .adversarial import DISCRIMINATOR_GROUP, AdversarialModel, Discriminator, binary_cross_entropy, discriminate
 from .adversarial import frozen_discriminator
-from .base import Variables, check_inputs, elbo_terms, encode, finish, sample_posterior
+from .base import Variables, batch_size, check_inputs, elbo_terms, encode, finish, sample_posterior
 from .validation import check_key, check_scalar
 from .vae import elbo  # the VAE's ELBO scores a trained model (the training objective differs)
 
@@ -109,20 +115,20 @@ def density_ratio_loss(model: nn.Module, variables: Variables, z: jax.Array, key
     return 0.5 * (binary_cross_entropy(joint, 1.0) + binary_cross_entropy(product, 0.0))
 
 
-def _check_batch(x: jax.Array) -> None:
-    if x.shape[0] < 2:
+def _check_batch(x: Any) -> None:
+    if batch_size(x) < 2:
         raise ValueError("`x` needs a batch of >= 2 examples: FactorVAE permutes codes across the batch")
 
 
 def loss(
-    model: FactorVAE, variables: Variables, x: jax.Array, key: jax.Array, *, gamma: float = 10.0, aux: bool = False
+    model: FactorVAE, variables: Variables, x: Any, key: jax.Array, *, gamma: float = 10.0, aux: bool = False
 ) -> Any:
     """The VAE phase's loss: negative ELBO + γ · the discriminator's TC estimate; a scalar.
 
     Args:
         model: a ``FactorVAE``.
         variables: its variables (with a ``"discriminator"`` group, held fixed here).
-        x: a batch ``(B, *data_shape)``, B ≥ 2.
+        x: a batch ``(B, *data_shape)``, B ≥ 2 (the pair ``(x, c)`` for a conditional model).
         key: PRNG key (one code per example, drawn as ``aet.vae.loss`` draws it; γ = 0 gives its loss).
         gamma: γ ≥ 0, the weight of the total correlation.
         aux: also return the metrics.
@@ -141,7 +147,7 @@ def loss(
     return finish(value, {"loglikelihood": loglik, "kl": kl, "tc": tc, "elbo": loglik - kl}, aux)
 
 
-def discriminator_loss(model: FactorVAE, variables: Variables, x: jax.Array, key: jax.Array, *,
+def discriminator_loss(model: FactorVAE, variables: Variables, x: Any, key: jax.Array, *,
                        aux: bool = False) -> Any:
     """The discriminator phase's loss on the codes of ``x`` (``density_ratio_loss``); a scalar.
 
@@ -151,7 +157,7 @@ def discriminator_loss(model: FactorVAE, variables: Variables, x: jax.Array, key
     Args:
         model: a ``FactorVAE``.
         variables: its variables.
-        x: a batch ``(B, *data_shape)``, B ≥ 2.
+        x: a batch ``(B, *data_shape)``, B ≥ 2 (the pair ``(x, c)`` for a conditional model).
         key: PRNG key.
         aux: also return ``{"loss", "tc"}`` (the TC estimate on these codes).
 

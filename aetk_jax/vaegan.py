@@ -45,6 +45,16 @@ Departures from pythae (``pythae.models.VAEGAN``):
   optimizers; here the phases run in order;
 - like pythae, L_D's fakes are decoded prior draws only; the paper also counts the
   reconstructions x̃ as fakes.
+
+Conditional (``n_conditions`` or ``condition_dim`` > 0): the losses take the pair
+``x = (x, c)``, the encoder is q(z|x, c) and the decoder p(x|z, c), and the
+discriminator sees the data with the condition, D([flatten(x), e(c)]), as a
+conditional GAN's does (Mirza & Osindero 2014): L_D sets the real pairs
+(x_b, c_b) against the fakes (G(z̃_b, c_b), c_b), decoded under the batch's own
+conditions, and L_feat compares D_l(x, c) with D_l(x̃, c). A discriminator blind
+to c would pass a realistic example of another class; one that sees c asks the
+decoder for p(x|c). A user's discriminator must then accept the flattened
+``(batch, n_x + k)`` input (the default :class:`FeatureDiscriminator` does).
 """
 from __future__ import annotations
 
@@ -55,7 +65,7 @@ import jax
 import jax.numpy as jnp
 
 from .adversarial import AdversarialModel, binary_cross_entropy, discriminate, frozen_discriminator
-from .base import Variables, check_inputs, decode, elbo_terms, finish, sample_prior
+from .base import Variables, check_inputs, decode, elbo_terms, finish, sample_prior, split_condition
 from .decoders import decoder_mean
 from .layers import Activation
 from .piwae import stop_part
@@ -101,16 +111,17 @@ class VAEGAN(AdversarialModel):
         discriminator: a flax module mapping data ``(batch, *data_shape)`` to a :class:`DiscriminatorOutput`.
     """
 
-    def discriminator_example(self, x: jax.Array) -> jax.Array:
-        """D's parameters are created on the data ``x`` itself (D sees data, not codes).
+    def discriminator_example(self, x: jax.Array, c: Any) -> tuple[jax.Array, Any]:
+        """D's parameters are created on the data itself (D sees data, not codes), with its condition.
 
         Args:
             x: the data given to ``__call__``.
+            c: its condition (``None`` for an unconditional model).
 
         Returns:
-            ``x``.
+            ``(x, c)``.
         """
-        return x
+        return x, c
 
 
 def _layer(out: DiscriminatorOutput, reconstruction_layer: int) -> jax.Array:
@@ -124,31 +135,45 @@ def _layer(out: DiscriminatorOutput, reconstruction_layer: int) -> jax.Array:
     return feat.reshape(feat.shape[0], -1)
 
 
-def feature_reconstruction(model: VAEGAN, variables: Variables, x: jax.Array, x_rec: jax.Array,
+def feature_reconstruction(model: VAEGAN, variables: Variables, x: Any, x_rec: jax.Array,
                            reconstruction_layer: int = -1) -> jax.Array:
-    """L_feat = ½ ‖D_l(x) − D_l(x̃)‖² per example, ``(B,)``.
+    """L_feat = ½ ‖D_l(x) − D_l(x̃)‖² per example, ``(B,)`` (with D_l(x, c) and D_l(x̃, c) given a pair).
 
     Args:
         model: a ``VAEGAN``.
         variables: its variables.
-        x: data ``(B, *data_shape)``.
-        x_rec: reconstructions x̃ of the same shape.
+        x: data ``(B, *data_shape)``, or the pair ``(x, c)`` for a conditional model
+            (both x and x̃ are then discriminated under c).
+        x_rec: reconstructions x̃ of the data's shape.
         reconstruction_layer: l (1-based; −1 the last feature layer).
 
     Returns:
         The feature-space squared error per example.
     """
-    real = _layer(discriminate(model, variables, x), reconstruction_layer)
-    fake = _layer(discriminate(model, variables, x_rec), reconstruction_layer)
+    data, c = split_condition(model, x)
+    real = _layer(discriminate(model, variables, data, c), reconstruction_layer)
+    fake = _layer(discriminate(model, variables, x_rec, c), reconstruction_layer)
     return 0.5 * jnp.sum((real - fake) ** 2, axis=-1)
 
 
-def gan_loss(model: VAEGAN, variables: Variables, x: jax.Array, key: jax.Array) -> jax.Array:
-    """mean L_D: data labelled 1, the decoder's means at ``B`` prior draws (``key``) labelled 0; a scalar."""
-    z_prior = jax.lax.stop_gradient(sample_prior(model, variables, key, x.shape[0]))
-    fake = decoder_mean(model.decoder, decode(model, variables, z_prior))
-    return (binary_cross_entropy(discriminate(model, variables, x).logits, 1.0)
-            + binary_cross_entropy(discriminate(model, variables, fake).logits, 0.0))
+def gan_loss(model: VAEGAN, variables: Variables, x: Any, key: jax.Array) -> jax.Array:
+    """mean L_D: data labelled 1, the decoder's means at ``B`` prior draws (``key``) labelled 0; a scalar.
+
+    Args:
+        model: a ``VAEGAN``.
+        variables: its variables.
+        x: data ``(B, *data_shape)``, or the pair ``(x, c)``: the real pairs (x_b, c_b) against the fakes
+            (G(z̃_b, c_b), c_b), decoded and discriminated under the batch's own conditions.
+        key: PRNG key of the prior draws z̃.
+
+    Returns:
+        BCE(D(x), 1) + BCE(D(G(z̃)), 0).
+    """
+    data, c = split_condition(model, x)
+    z_prior = jax.lax.stop_gradient(sample_prior(model, variables, key, data.shape[0]))
+    fake = decoder_mean(model.decoder, decode(model, variables, z_prior, c))
+    return (binary_cross_entropy(discriminate(model, variables, data, c).logits, 1.0)
+            + binary_cross_entropy(discriminate(model, variables, fake, c).logits, 0.0))
 
 
 def _check_hyper(adversarial_loss_scale: Any, reconstruction_layer: Any) -> None:
@@ -157,17 +182,18 @@ def _check_hyper(adversarial_loss_scale: Any, reconstruction_layer: Any) -> None
     check_int(reconstruction_layer, "reconstruction_layer", minimum=-(2**31))
 
 
-def _part(model: VAEGAN, variables: Variables, x: jax.Array, key: jax.Array, layer: int) -> tuple:
-    """(terms, L_feat per example) with x̃ the decoder's mean at the VAE's draw."""
+def _part(model: VAEGAN, variables: Variables, x: Any, key: jax.Array, layer: int) -> tuple:
+    """(terms, L_feat per example) with x̃ the decoder's mean at the VAE's draw (under the example's condition)."""
     t = elbo_terms(model, variables, x, key, 1)
-    x_rec = decoder_mean(model.decoder, decode(model, variables, t.z[0]))
-    return t, feature_reconstruction(model, variables, x, x_rec.reshape(x.shape), layer)
+    data, c = split_condition(model, x)
+    x_rec = decoder_mean(model.decoder, decode(model, variables, t.z[0], c))
+    return t, feature_reconstruction(model, variables, x, x_rec.reshape(data.shape), layer)
 
 
 def loss(
     model: VAEGAN,
     variables: Variables,
-    x: jax.Array,
+    x: Any,
     key: jax.Array,
     *,
     adversarial_loss_scale: float = 0.5,
@@ -179,7 +205,7 @@ def loss(
     Args:
         model: a ``VAEGAN``.
         variables: its variables (with a ``"discriminator"`` group, held fixed here).
-        x: a batch ``(B, *data_shape)``.
+        x: a batch ``(B, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key (the code draw as ``aet.vae.loss``; the prior draws of L_D with ``fold_in(key, 1)``).
         adversarial_loss_scale: s ∈ [0, 1].
         reconstruction_layer: the discriminator's feature layer of L_feat (1-based; −1 the last).
@@ -210,7 +236,7 @@ def loss(
     return finish(encoder_loss + decoder_loss, metrics, aux)
 
 
-def discriminator_loss(model: VAEGAN, variables: Variables, x: jax.Array, key: jax.Array, *,
+def discriminator_loss(model: VAEGAN, variables: Variables, x: Any, key: jax.Array, *,
                        aux: bool = False) -> Any:
     """The discriminator phase's loss mean L_D (``gan_loss``, decoded prior draws with ``fold_in(key, 1)``).
 
@@ -219,7 +245,7 @@ def discriminator_loss(model: VAEGAN, variables: Variables, x: jax.Array, key: j
     Args:
         model: a ``VAEGAN``.
         variables: its variables.
-        x: a batch ``(B, *data_shape)``.
+        x: a batch ``(B, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: PRNG key.
         aux: also return ``{"loss"}``.
 

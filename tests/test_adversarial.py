@@ -1,7 +1,9 @@
 """Adversarial training: AAE's and VAE-GAN's losses against float64 NumPy re-implementations and
 independent gradients, the phases each network is trained by, determinism and bit-exact resume of
 FactorVAE, AAE and VAE-GAN from a checkpoint, digits runs, user-registered likelihoods, bad
-arguments, and the CLI names of the four models of this family."""
+arguments, the CLI names of the four models of this family, the shared base class
+(``aet.adversarial``), and the conditional AAE and VAE-GAN (losses, ``fit`` on ``Dataset(x, y)``,
+``aet.sample(condition=)``, ``--condition-on-labels``)."""
 from __future__ import annotations
 
 import functools
@@ -16,10 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _conditional_checks import BODIES, K, LATENT, N_IN, check_conditional_loss
+from _conditional_checks import batch as cond_batch
 from conftest import FixedScaleDecoder, small_vae_parts
 
 import aetk_jax as aet
-from aetk_jax import aae, cli, factorvae, vaegan
+from aetk_jax import aae, adversarial, cli, factorvae, vaegan
 
 
 def _code_disc(width=16):
@@ -311,4 +315,151 @@ def test_cli_trains_the_model(tmp_path, capsys, name):
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["hyper"] == aet.builders.default_hyper(name)
     # every model of this family has the decoder's likelihood: its held-out ELBO and log-likelihood
+    assert math.isfinite(res["val_elbo"]) and res["val_loglikelihood"] >= res["val_elbo"] - 0.1, res
+
+
+# ------------------------------------------------------------------------------ the shared base
+
+
+def test_the_three_adversarial_models_share_one_base_and_keep_their_names():
+    """AAE, FactorVAE and VAE-GAN derive from ``aet.adversarial.AdversarialModel``; the names the API
+    lists under ``aet.aae`` are the shared ones (one object, not copies)."""
+    for cls in (aet.AAE, aet.FactorVAE, aet.VAEGAN):
+        assert issubclass(cls, adversarial.AdversarialModel)
+        assert "discriminate" not in vars(cls) and "__call__" not in vars(cls), cls  # inherited, not re-written
+    for name in ("Discriminator", "binary_cross_entropy", "discriminate", "frozen_discriminator", "leaky_relu",
+                 "DISCRIMINATOR_GROUP"):
+        assert getattr(aae, name) is getattr(adversarial, name), name
+    assert factorvae.Discriminator is aae.Discriminator and factorvae.DISCRIMINATOR_GROUP == "discriminator"
+
+
+def test_discriminator_parameters_are_made_on_codes_or_on_data():
+    """Code discriminators (AAE, FactorVAE) get d inputs, the VAE-GAN's the data's n inputs, conditional
+    or not; an unconditional model's discriminator refuses a condition."""
+    x, c = cond_batch()
+    enc, dec = small_vae_parts(data_dim=N_IN, hidden=8)
+    for model in (aae.AAE(enc, dec, _code_disc(8)), vaegan.VAEGAN(enc, dec, vaegan.FeatureDiscriminator((8,)))):
+        for conditional in (False, True):
+            m = model.clone(n_conditions=K) if conditional else model
+            variables = m.init(jax.random.key(0), (x, c) if conditional else x)
+            disc = variables["params"]["discriminator"]
+            first = disc["body"]["dense_0"] if isinstance(m, aae.AAE) else disc["dense_0"]
+            n_in = LATENT if isinstance(m, aae.AAE) else N_IN + (K if conditional else 0)
+            assert first["kernel"].shape[0] == n_in, (type(m).__name__, conditional)
+        with pytest.raises(ValueError, match="`c`"):
+            adversarial.discriminate(model, model.init(jax.random.key(0), x), x, c)
+
+
+# ------------------------------------------------------------------------------- conditional
+
+
+def _conditional(name):
+    """The conditional (n_conditions=K) AAE or VAE-GAN on N_IN features, its variables, its losses and
+    the first layers that see the condition."""
+    enc, dec = small_vae_parts(data_dim=N_IN, hidden=8)
+    x, c = cond_batch()
+    if name == "aae":
+        model = aae.AAE(enc, dec, _code_disc(8), n_conditions=K)
+        layers = dict(BODIES)  # D(z) sees the codes alone
+        losses = (functools.partial(aae.loss, adversarial_loss_scale=0.7), aae.discriminator_loss)
+    else:
+        model = vaegan.VAEGAN(enc, dec, vaegan.FeatureDiscriminator((8, 8)), n_conditions=K)
+        layers = {**BODIES, ("discriminator", "dense_0"): N_IN}  # D([x, e(c)])
+        losses = (functools.partial(vaegan.loss, adversarial_loss_scale=0.3, reconstruction_layer=1),
+                  vaegan.discriminator_loss)
+    return model, model.init(jax.random.key(3), (x, c)), losses, layers
+
+
+@pytest.mark.parametrize("name", ["aae", "vaegan"])
+def test_conditional_losses_reduce_to_the_unconditional_ones(name):
+    """Both phases' losses take (x, c): at a constant label they equal the unconditional losses at the
+    absorbed parameters, with zero condition rows every labelling does, and the condition's rows get
+    gradient: the encoder's and decoder's from the model's loss, the VAE-GAN discriminator's from its
+    loss (the AAE's discriminator sees codes only: its first layer has d inputs)."""
+    model, variables, (loss, disc_loss), layers = _conditional(name)
+    bodies = {p: w for p, w in layers.items() if p[0] != "discriminator"}
+    check_conditional_loss(model, variables, loss, layers, trained=bodies)
+    sees_c = {p: w for p, w in layers.items() if p[0] == "discriminator"}
+    check_conditional_loss(model, variables, disc_loss, layers, trained=sees_c)
+    if name == "aae":
+        assert variables["params"]["discriminator"]["body"]["dense_0"]["kernel"].shape[0] == LATENT
+
+
+def test_conditional_vaegan_discriminates_data_with_its_condition():
+    """D's input is [x, one-hot(c)] (checked against the FeatureDiscriminator applied to that array), and
+    L_D against a float64 NumPy BCE: real pairs (x, c), fakes decoded from prior draws under the same c."""
+    model, variables, _, _ = _conditional("vaegan")
+    x, c = cond_batch()
+    key = jax.random.key(7)
+    disc = {"params": variables["params"]["discriminator"]}
+    joined = jnp.concatenate([x, jax.nn.one_hot(c, K)], axis=1)
+    out = adversarial.discriminate(model, variables, x, c)
+    np.testing.assert_allclose(out.logits, model.discriminator.apply(disc, joined).logits, rtol=1e-6)
+    z = jax.random.normal(key, (x.shape[0], LATENT))
+    fake = aet.decoders.decoder_mean(model.decoder, aet.base.decode(model, variables, z, c))
+    fake_logits = model.discriminator.apply(disc, jnp.concatenate([fake, jax.nn.one_hot(c, K)], axis=1)).logits
+    want = _bce(out.logits, 1.0) + _bce(fake_logits, 0.0)
+    np.testing.assert_allclose(float(vaegan.gan_loss(model, variables, (x, c), key)), want, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"`x` must be the pair \(x, c\)"):
+        vaegan.loss(model, variables, x, key)
+    with pytest.raises(ValueError, match="outside"):
+        vaegan.discriminator_loss(model, variables, (x, c.at[0].set(K)), key)
+
+
+def _mismatch_loss(loss_fn):
+    """``loss_fn`` plus the fraction of examples whose label is not the argmax of their first K features."""
+    def wrapped(variables, xy, key, aux=False):
+        value, metrics = loss_fn(variables, xy, key, aux=True)
+        mismatch = jnp.mean((jnp.argmax(xy[0][:, :K], axis=1) != xy[1]).astype(jnp.float32))
+        return (value, {**metrics, "mismatch": mismatch}) if aux else value
+
+    return wrapped
+
+
+@pytest.mark.parametrize("name", ["factorvae", "aae", "vaegan"])
+def test_conditional_adversarial_models_fit_on_labelled_data_and_sample_per_label(name):
+    """``fit`` on ``Dataset(x, y)`` runs every phase on (x, y) batches kept paired through the shuffles
+    (the first phase's loss sees no mismatched pair), trains the condition's rows of every network that
+    sees c, and ``aet.sample(condition=)`` decodes one code under each label."""
+    enc, dec = small_vae_parts(data_dim=N_IN, hidden=8)
+    disc = vaegan.FeatureDiscriminator((8,)) if name == "vaegan" else _code_disc(8)
+    cls = {"factorvae": factorvae.FactorVAE, "aae": aae.AAE, "vaegan": vaegan.VAEGAN}[name]
+    module = {"factorvae": factorvae, "aae": aae, "vaegan": vaegan}[name]
+    model = cls(enc, dec, disc, n_conditions=K)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(48, N_IN)).astype(np.float32)
+    y = np.argmax(x[:, :K], axis=1).astype(np.int32)
+    v0 = model.init(jax.random.key(0), (jnp.asarray(x[:2]), jnp.asarray(y[:2])))
+    variables, history = aet.train.fit(model, _mismatch_loss(functools.partial(module.loss, model)),
+                                       aet.data.Dataset(x, y), key=jax.random.key(1), epochs=1, batch_size=16,
+                                       optimizer=optax.adam(1e-2), progress=False, variables=v0)
+    assert history["train"]["mismatch"] == [0.0]  # shuffling x alone would mismatch about 2/3 of the pairs
+    assert all(np.isfinite(history["train"]["discriminator_loss"]))
+    def condition_rows(v, net, width):
+        layer = v["params"][net]["dense_0"] if net == "discriminator" else v["params"][net]["body"]["dense_0"]
+        return np.asarray(layer["kernel"][width:])
+
+    sees_c = [("encoder", N_IN), ("decoder", LATENT)] + ([("discriminator", N_IN)] if name == "vaegan" else [])
+    for net, width in sees_c:  # the condition's rows of every first layer that sees c have moved
+        assert not np.allclose(condition_rows(v0, net, width), condition_rows(variables, net, width)), net
+    s = aet.sample(model, variables, jax.random.key(2), 4, condition=jnp.array([0, 1, 2, 0]))
+    s0 = aet.sample(model, variables, jax.random.key(2), 4, condition=jnp.zeros(4, jnp.int32))
+    np.testing.assert_array_equal(s.z, s0.z)
+    np.testing.assert_allclose(s.x[0], s0.x[0])
+    assert s.x.shape == (4, N_IN) and not np.allclose(s.x[1], s0.x[1])
+
+
+@pytest.mark.slow
+def test_cli_condition_on_labels_trains_a_conditional_vaegan(tmp_path, capsys):
+    """``aet train --model vaegan --condition-on-labels``: the model is conditional on the digits' 10
+    labels, trains, is scored on log p(x|y) and plots one row of samples per label."""
+    out = str(tmp_path / "cvaegan")
+    status = cli.main(["train", "--model", "vaegan", "--condition-on-labels", "--epochs", "1", "--out", out,
+                       "--hidden", "16", "--lr", "0.01", "--no-progress"])
+    assert status == 0, capsys.readouterr().err
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["condition_on_labels"] is True
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    assert "samples_per_class.png" in res["plots"] and os.path.exists(os.path.join(out, "samples_per_class.png"))
     assert math.isfinite(res["val_elbo"]) and res["val_loglikelihood"] >= res["val_elbo"] - 0.1, res

@@ -1,7 +1,8 @@
 """FactorVAE: the discriminator's density-ratio estimate of the total correlation against the closed
 form of correlated Gaussians, the permutation, the two phases' losses against float64 NumPy
 re-implementations (and which parameters each one trains), a digits run, a user-registered
-likelihood and bad arguments."""
+likelihood, bad arguments, and the conditional FactorVAE (its two losses on (x, c) pairs; ``fit`` and
+``aet.sample(condition=)`` are in ``tests/test_adversarial.py``)."""
 from __future__ import annotations
 
 import functools
@@ -14,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _conditional_checks import BODIES, K, LATENT, N_IN, check_conditional_loss
+from _conditional_checks import batch as cond_batch
 from conftest import FixedScaleDecoder, small_vae_parts
 
 import aetk_jax as aet
@@ -187,3 +190,22 @@ def test_bad_hyperparameters_raise(digits):
         aet.train.make_trainer(model, loss_fn, {"autoencoder": optax.adam(1e-3)})
     with pytest.raises(TypeError, match="optimizer"):
         aet.train.make_trainer(model, loss_fn, "adam")
+
+
+def test_conditional_losses_reduce_to_the_unconditional_ones():
+    """Both phases' losses take (x, c): at a constant label they equal the unconditional losses at the
+    absorbed parameters (the same codes, the same permutation), with zero condition rows every labelling
+    does, and the VAE phase's loss trains the condition's rows of the encoder and decoder. The
+    discriminator sees the codes alone (its first layer has d inputs): the TC is that of
+    q(z) = E_{x,c} q(z|x, c)."""
+    enc, dec = small_vae_parts(data_dim=N_IN, hidden=8)
+    model = factorvae.FactorVAE(enc, dec, _disc(8), n_conditions=K)
+    variables = model.init(jax.random.key(3), cond_batch())
+    assert variables["params"]["discriminator"]["body"]["dense_0"]["kernel"].shape[0] == LATENT
+    check_conditional_loss(model, variables, functools.partial(factorvae.loss, gamma=3.0), BODIES, trained=BODIES)
+    check_conditional_loss(model, variables, factorvae.discriminator_loss, BODIES, trained={})
+    x, c = cond_batch()
+    with pytest.raises(ValueError, match=r"`x` needs a batch of >= 2"):
+        factorvae.loss(model, variables, (x[:1], c[:1]), jax.random.key(0))
+    with pytest.raises(ValueError, match=r"`x` must be the pair \(x, c\)"):
+        factorvae.discriminator_loss(model, variables, x, jax.random.key(0))
