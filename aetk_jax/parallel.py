@@ -1,21 +1,32 @@
 """Data-parallel training on several devices and several processes (hosts).
 
-Three levels, from automatic to manual:
+Four levels, from automatic to manual; none of them needs ``jax.pmap`` except
+the last, which is kept for code that calls it:
 
 1. ``aet.train.fit(..., mesh=mesh)`` shards every batch over ``mesh``'s first
    axis and keeps the parameters replicated. With ``mesh=None`` and more than
    one device, ``fit`` builds ``data_mesh()`` (every device) itself; with a
-   single device nothing changes.
+   single device nothing changes. This is ``jit`` with shardings.
 2. ``aet.train.make_step(loss_fn, optimizer, mesh=mesh)`` in your own loop: the
    batch is constrained to ``batch_sharding(mesh)`` inside the jitted step;
    XLA (GSPMD) inserts the gradient all-reduce.
-3. ``jax.pmap``: ``pmap_step(loss_fn, optimizer)`` (or ``jax.pmap`` of
-   ``make_step(..., jit=False, axis_name="batch")``) averages gradients and
-   metrics with ``lax.pmean``.
+3. ``shard_map_step(loss_fn, optimizer, mesh)``: ``jax.shard_map`` of
+   ``make_step(..., jit=False, axis_name=axis)``, jitted; the state is
+   replicated (``P()``), the batch split over ``axis`` (``P(axis)``), and the
+   collective is explicit: the step averages gradients and metrics with
+   ``lax.pmean`` over ``axis``.
+4. ``jax.pmap``: ``pmap_step(loss_fn, optimizer)`` (or ``jax.pmap`` of
+   ``make_step(..., jit=False, axis_name="batch")``), the same per-device step
+   as level 3, on states and batches with a leading device axis.
+
+Levels 3 and 4 run one and the same step, ``make_step(..., axis_name=...)``
+(both accept ``phases`` for multi-optimizer models), so for the same key they
+give the same update (bit for bit in the tests).
 
 The loss is the mean over the global batch in every case, so for a batch of
 ``B`` examples split over ``n`` devices the update is the one a single device
-computes for the whole batch, up to the order of floating-point additions.
+computes for the whole batch, up to the order of floating-point additions:
+``mean_b loss_b = (1/n) sum_d mean_{b in shard d} loss_b`` for equal shards.
 
 Random numbers. In levels 1 and 2 the step is one ``jit`` program over the
 global batch and draws its noise with the single key it is given; ``jit``
@@ -23,15 +34,16 @@ guarantees that the values of ``jax.random`` draws do not depend on how the
 result is sharded, so the noise, and hence the update, does not depend on the
 device count. JAX's default ``jax_threefry_partitionable=True`` makes each
 device generate only its own slice of the draw, with no communication (with
-``False`` the values are the same but XLA gathers them). In level 3 each
-device runs the loss on its own shard, so ``make_step(axis_name=...)`` folds
-the device's index into the key (``fold_in(key, axis_index)``): a key
-broadcast to every device gives independent noise on each shard. The pmap
-update is then statistically, not bitwise, the same as the sharded one.
+``False`` the values are the same but XLA gathers them). In levels 3 and 4
+each device runs the loss on its own shard, so ``make_step(axis_name=...)``
+folds the device's index into the key (``fold_in(key, axis_index)``): a key
+broadcast to every device gives independent noise on each shard. That update
+is then statistically, not bitwise, the same as the sharded one; with a
+deterministic loss (an AE) all four levels give the single-device update.
 
 Layering: the mesh primitives live in ``aet.training.devices`` (below the
 training step, which uses them); this module re-exports them and adds the
-multi-process set-up and the ``pmap`` helpers on top of ``aet.train``.
+multi-process set-up and the ``shard_map``/``pmap`` steps on top of ``aet.train``.
 
 Several processes: call ``initialize()`` first (before any other JAX call),
 give each process its rows (``process_shard``), and call ``fit`` as usual:
@@ -47,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from . import train
 from .training.devices import (  # noqa: F401  (the mesh primitives, re-exported)
@@ -60,7 +72,9 @@ from .training.devices import (  # noqa: F401  (the mesh primitives, re-exported
     num_shards,
     replicated,
 )
+from .training.step import Step
 from .validation import check_int
+
 ENV_COORDINATOR = "AETK_COORDINATOR"
 ENV_NUM_PROCESSES = "AETK_NUM_PROCESSES"
 ENV_PROCESS_ID = "AETK_PROCESS_ID"
@@ -263,16 +277,107 @@ def process_shard(
 
 
 # ---------------------------------------------------------------------------
-# pmap
+# the per-device step (shard_map and pmap)
+
+
+def _axis_step(
+    loss_fn: Optional[train.LossFn],
+    optimizer: Optional[optax.GradientTransformation],
+    axis_name: str,
+    guard: bool,
+    phases: Optional[Sequence[train.Phase]],
+) -> Step:
+    """The one step both mapped levels run on each device: ``make_step(..., jit=False, axis_name=axis_name)``."""
+    if phases is None and (loss_fn is None or optimizer is None):
+        raise TypeError("`loss_fn` and `optimizer` are required unless `phases` is given")
+    return train.make_step(loss_fn, optimizer, jit=False, guard=guard, axis_name=axis_name, phases=phases)
+
+
+def _mesh_axis(mesh: Any, axis_name: Optional[str]) -> str:
+    """``axis_name`` (default: ``mesh``'s first axis), checked to be one of ``mesh``'s axes."""
+    if axis_name is None:
+        return data_axis(mesh)  # TypeError naming `mesh` when it is not a Mesh
+    data_axis(mesh)
+    if not isinstance(axis_name, str):
+        raise TypeError(f"`axis_name` must be a string (a mesh axis name), got {type(axis_name).__name__}")
+    if axis_name not in mesh.axis_names:
+        raise ValueError(f"`axis_name` {axis_name!r} is not an axis of `mesh`, whose axes are {tuple(mesh.axis_names)}")
+    return axis_name
+
+
+def _check_global_batch(batch: Any, mesh: Mesh, axis: str) -> None:
+    """``ValueError`` naming ``batch`` unless every leaf has the same leading size, divisible by ``axis``'s size."""
+    leaves = jax.tree_util.tree_leaves(batch)
+    if not leaves or any(jnp.ndim(a) == 0 for a in leaves):
+        raise ValueError("`batch` must be an array (or a pytree of arrays) with a leading batch dimension")
+    sizes = {int(jnp.shape(a)[0]) for a in leaves}
+    if len(sizes) > 1:
+        raise ValueError(f"every array in `batch` must have the same leading (batch) size, got {sorted(sizes)}")
+    check_batch_size(sizes.pop(), mesh, "batch", axis=axis)
+
+
+def shard_map_step(
+    loss_fn: Optional[train.LossFn] = None,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    mesh: Optional[Mesh] = None,
+    axis_name: Optional[str] = None,
+    *,
+    guard: bool = True,
+    phases: Optional[Sequence[train.Phase]] = None,
+) -> Step:
+    """``jax.jit`` of ``jax.shard_map`` of ``make_step(loss_fn, optimizer, jit=False, axis_name=axis)``.
+
+    Call it as ``step(state, batch, key, epoch=None) -> (state, metrics)``,
+    like ``make_step``'s step: ``state`` is one (unreplicated) ``TrainState``,
+    ``batch`` the global batch ``(B, ...)`` (or a pytree of such arrays),
+    ``key`` one key. Inside, the state, key and epoch are replicated (``P()``)
+    and the batch is split over ``axis`` (``P(axis)``): each device runs the
+    step on its ``B / n`` examples with the key ``fold_in(key, axis_index)``,
+    and the gradients and metrics are averaged with ``lax.pmean``, so the
+    returned state is replicated on ``mesh``. This is the step ``pmap_step``
+    maps, so the two give the same update for the same key.
+
+    ``check_vma=False``: with JAX's varying-value checks on, the gradient of
+    the replicated parameters would already be summed over the axis before
+    the step's own ``pmean``, an update ``n`` times too large.
+
+    Args:
+        loss_fn: ``loss_fn(variables, x, key)`` (``None`` with ``phases``).
+        optimizer: an optax transformation (``None`` with ``phases``).
+        mesh: a ``jax.sharding.Mesh`` (default: ``data_mesh()``, every device).
+        axis_name: the mesh axis to split the batch over and average across
+            (default: the mesh's first axis); any other axis holds copies.
+        guard: keep the old state when a loss or gradient is non-finite.
+        phases: instead of ``loss_fn`` and ``optimizer``, a multi-optimizer
+            model's ``aet.train.Phase`` sequence (as ``make_step``).
+
+    Returns:
+        The jitted step; a batch whose size is not divisible by the size of
+        ``axis`` raises ``ValueError`` when it is first traced.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    axis = _mesh_axis(mesh, axis_name)
+    rep, split = PartitionSpec(), PartitionSpec(axis)
+    mapped = jax.shard_map(
+        _axis_step(loss_fn, optimizer, axis, guard, phases),
+        mesh=mesh, in_specs=(rep, split, rep, rep), out_specs=rep, check_vma=False,
+    )
+
+    def step(state: train.TrainState, batch: Any, key: jax.Array, epoch: Any = None):
+        _check_global_batch(batch, mesh, axis)
+        return mapped(state, batch, key, epoch)
+
+    return jax.jit(step)
 
 
 def pmap_step(
-    loss_fn: train.LossFn,
-    optimizer: optax.GradientTransformation,
+    loss_fn: Optional[train.LossFn] = None,
+    optimizer: Optional[optax.GradientTransformation] = None,
     *,
     axis_name: str = AXIS,
     guard: bool = True,
     devices: Optional[Sequence[Any]] = None,
+    phases: Optional[Sequence[train.Phase]] = None,
 ) -> Callable[[train.TrainState, jax.Array, jax.Array], tuple[train.TrainState, train.Metrics]]:
     """``jax.pmap`` of ``make_step(loss_fn, optimizer, jit=False, axis_name=axis_name)``.
 
@@ -281,18 +386,22 @@ def pmap_step(
     (``split_for_pmap(batch, n_devices)``), and ``key`` is one key, broadcast
     (each device folds in its index). Gradients and metrics are averaged
     with ``lax.pmean``, so the returned states are identical on every device.
+    ``jax.pmap`` is in maintenance mode; ``shard_map_step`` runs the same
+    step on a mesh without it.
 
     Args:
-        loss_fn: ``loss_fn(variables, x, key)``.
-        optimizer: an optax transformation.
+        loss_fn: ``loss_fn(variables, x, key)`` (``None`` with ``phases``).
+        optimizer: an optax transformation (``None`` with ``phases``).
         axis_name: the name of the mapped axis.
         guard: keep the old state when a loss or gradient is non-finite.
         devices: the devices to map over (default: every local device).
+        phases: instead of ``loss_fn`` and ``optimizer``, a multi-optimizer
+            model's ``aet.train.Phase`` sequence (as ``make_step``).
 
     Returns:
         The ``pmap``-ed step.
     """
-    step = train.make_step(loss_fn, optimizer, jit=False, guard=guard, axis_name=axis_name)
+    step = _axis_step(loss_fn, optimizer, axis_name, guard, phases)
     return jax.pmap(step, axis_name=axis_name, in_axes=(0, 0, None), devices=devices)
 
 
@@ -333,6 +442,7 @@ __all__ = [
     "initialize",
     "process_shard",
     "gather_data",
+    "shard_map_step",
     "pmap_step",
     "pmap_replicate",
     "unreplicate",

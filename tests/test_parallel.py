@@ -1,4 +1,4 @@
-"""Data parallel training: sharded steps, pmap, fit over a mesh, two processes.
+"""Data parallel training: sharded steps, shard_map, pmap, fit over a mesh, two processes.
 
 The multi-device cases run in subprocesses started with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (it must be set before
@@ -6,8 +6,10 @@ JAX is imported), all at once: one process with 4 devices, two processes with
 2 devices each joined over loopback (``jax.distributed`` with gloo CPU
 collectives), and one process with a single device that computes the
 references with the plain single-device code path (``mesh=None``). The tests
-compare their numbers. Measured cost: about 130 CPU-seconds in all (the
-workers' compilations), i.e. roughly 70 s on a quiet 2-core machine.
+compare their numbers. Measured cost: about 180 CPU-seconds in all, mostly
+the workers' compilations (jax 0.10.2: 56 for the 1-device worker, 83 for the
+4-device one, 22 for each of the two processes), i.e. roughly 90 s on a quiet
+2-core machine.
 """
 from __future__ import annotations
 
@@ -42,7 +44,11 @@ STEP_KEY = 2
 
 
 def build(name: str):
-    """``(model, loss_fn)`` for a model name; small networks (hidden 16, latent 2)."""
+    """``(model, loss_fn)`` for a model name (``"ae"``: a deterministic loss); hidden 16, latent 2."""
+    if name == "ae":
+        model = aet.AE(aet.Encoder(aet.MLP([16], final_activation=nn.relu), 2),
+                       aet.Decoder(aet.MLP([16], final_activation=nn.relu), 64))
+        return model, functools.partial(aet.ae.loss, model)
     enc = aet.JointGaussianLogEncoder(aet.MLP([16], final_activation=nn.relu), 2)
     dec = aet.BernoulliDecoder(aet.MLP([16], final_activation=nn.relu), 64)
     if name == "vae":
@@ -67,6 +73,19 @@ def init_state(name: str):
     x = digits()[:BATCH]
     variables = model.init(jax.random.key(1), x)
     return loss_fn, aet.train.init_state(variables, optax.sgd(STEP_LR)), x
+
+
+def ae_phases():
+    """``(phases, state, x)``: the AE trained in two phases (encoder, then decoder with half the rate)."""
+    loss_fn, state, x = init_state("ae")
+    phases = (aet.train.Phase("encoder", loss_fn, optax.sgd(STEP_LR)),
+              aet.train.Phase("decoder", loss_fn, optax.sgd(STEP_LR / 2), group="decoder"))
+    return phases, aet.train.init_state(state.variables, phases=phases), x
+
+
+def mesh_2x2():
+    """4 devices as a (2, 2) mesh ``("replica", "data")``: a batch split over its second axis only."""
+    return jax.sharding.Mesh(np.asarray(jax.devices(), dtype=object).reshape(2, 2), ("replica", "data"))
 
 
 def flat(tree) -> np.ndarray:
@@ -107,6 +126,14 @@ def _worker_single(out: str) -> None:
         res[f"{name}/loss"], res[f"{name}/params"] = float(metrics["loss"]), flat(new.params).tolist()
         new, metrics = aet.train.make_step(shardwise(loss_fn, 4), optax.sgd(STEP_LR))(state, x, key)
         res[f"{name}/shardwise_loss"], res[f"{name}/shardwise_params"] = float(metrics["loss"]), flat(new.params).tolist()
+    # deterministic losses (the AE, and the AE in two phases) on the global batch
+    loss_fn, state, x = init_state("ae")
+    new, metrics = aet.train.make_step(loss_fn, optax.sgd(STEP_LR))(state, x, key)
+    res["ae/init_params"], res["ae/loss"] = flat(state.params).tolist(), float(metrics["loss"])
+    res["ae/params"] = flat(new.params).tolist()
+    phases, state, x = ae_phases()
+    new, metrics = aet.train.make_step(phases=phases)(state, x, key)
+    res["ae_phases/metrics"], res["ae_phases/params"] = _floats(metrics), flat(new.params).tolist()
     variables, history = fit_vae(digits(), val_data=digits()[:64])
     res["fit_params"], res["fit_history"] = flat(variables["params"]).tolist(), history
     _dump(res, out)
@@ -136,6 +163,12 @@ def _worker_devices(out: str) -> None:
         pnew, pmetrics = pstep(aet.parallel.pmap_replicate(state, 4), aet.parallel.split_for_pmap(x, 4), key)
         res[f"{name}/pmap_loss"] = np.asarray(pmetrics["loss"]).tolist()
         res[f"{name}/pmap_params"] = [flat(jax.tree_util.tree_map(lambda a: a[i], pnew.params)).tolist() for i in range(4)]
+        # shard_map path: the same per-device step as pmap, the state replicated, the batch split by shard_map
+        snew, smetrics = aet.parallel.shard_map_step(loss_fn, optax.sgd(STEP_LR), mesh)(state, x, key)
+        res[f"{name}/shard_map_loss"] = float(smetrics["loss"])
+        res[f"{name}/shard_map_params"] = flat(snew.params).tolist()
+        res[f"{name}/shard_map_param_devices"] = len(jax.tree_util.tree_leaves(snew.params)[0].sharding.device_set)
+    _shard_map_deterministic(res, key)
     # the sharded path with the per-shard loss pmap computes (VAE; the other models are compared on 1 device)
     loss_fn, state, x = init_state("vae")
     rep = aet.parallel.replicate(state, mesh)
@@ -154,6 +187,9 @@ def _worker_devices(out: str) -> None:
         "fit_mesh": lambda: fit_vae(digits(), mesh=mesh, batch_size=30),
         "fit_default_mesh": lambda: fit_vae(digits(), batch_size=30),
         "make_step": lambda: aet.train.make_step(loss_fn, optax.sgd(STEP_LR), mesh=mesh)(rep, x[:6], key),
+        "shard_map_step": lambda: aet.parallel.shard_map_step(loss_fn, optax.sgd(STEP_LR), mesh)(state, x[:6], key),
+        "shard_map_step_2x2": lambda: aet.parallel.shard_map_step(loss_fn, optax.sgd(STEP_LR), mesh_2x2(), "data")(
+            state, x[:5], key),
     }.items():
         try:
             call()
@@ -162,6 +198,26 @@ def _worker_devices(out: str) -> None:
             errors[label] = str(err)
     res["errors"] = errors
     _dump(res, out)
+
+
+def _shard_map_deterministic(res: dict, key: jax.Array) -> None:
+    """shard_map_step with deterministic losses: the AE on the 4-device and the (2, 2) mesh, and in two phases."""
+    loss_fn, state, x = init_state("ae")
+    meshes = (("ae/shard_map", aet.parallel.data_mesh(), None), ("ae/shard_map_2x2", mesh_2x2(), "data"))
+    for label, mesh, axis in meshes:
+        new, metrics = aet.parallel.shard_map_step(loss_fn, optax.sgd(STEP_LR), mesh, axis)(state, x, key)
+        res[f"{label}_loss"], res[f"{label}_params"] = float(metrics["loss"]), flat(new.params).tolist()
+    phases, state, x = ae_phases()
+    new, metrics = aet.parallel.shard_map_step(mesh=aet.parallel.data_mesh(), phases=phases)(state, x, key)
+    res["ae_phases/shard_map_metrics"], res["ae_phases/shard_map_params"] = _floats(metrics), flat(new.params).tolist()
+    pnew, pmetrics = aet.parallel.pmap_step(phases=phases)(
+        aet.parallel.pmap_replicate(state, 4), aet.parallel.split_for_pmap(x, 4), key)
+    res["ae_phases/pmap_metrics"] = _floats(aet.parallel.unreplicate(pmetrics))
+    res["ae_phases/pmap_params"] = flat(aet.parallel.unreplicate(pnew.params)).tolist()
+
+
+def _floats(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def _worker_process(out: str) -> None:
@@ -254,7 +310,9 @@ def workers(tmp_path_factory):
 # jax 0.10.2): one SGD step (lr 0.1, parameters move by up to 0.3),
 # |Δloss|/loss ≤ 2.4e-7 and max |Δparam| ≤ 1.2e-7 over VAE/HVAE/RHVAE and
 # pmap; fit (16 Adam steps), train losses equal to 3.4e-7 relative and
-# max |Δparam| ≤ 6e-8 (4 devices and two processes alike). Thresholds: losses
+# max |Δparam| ≤ 6e-8 (4 devices and two processes alike); shard_map_step with
+# the AE (4 devices, the (2, 2) mesh, two phases) max |Δparam| ≤ 3e-8 against
+# 1 device, and identical to pmap_step. Thresholds: losses
 # rtol 1e-5 (30x), parameters |Δ| ≤ atol + rtol·|p| ≈ 1e-6 + 1e-5·|p| (≥ 30x).
 STEP_RTOL, STEP_ATOL = 1e-5, 1e-6
 FIT_RTOL, FIT_ATOL = 1e-5, 1e-6
@@ -298,6 +356,47 @@ def test_pmap_equals_sharded(workers, name):
     assert abs(dev[f"{name}/pmap_loss"][0] - dev[f"{name}/sharded_loss"]) > 1e-2
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_shard_map_equals_pmap(workers, name):
+    """shard_map_step runs pmap_step's per-device step: the same update and loss for the same key, bit for bit
+    (measured: identical on jax 0.10.2, both programs add the same per-device gradients in one all-reduce),
+    and the per-shard-loss reference on 1 device to float32 rounding; the state comes back replicated."""
+    dev, one = workers["devices"], workers["single"]
+    assert dev[f"{name}/shard_map_param_devices"] == 4
+    np.testing.assert_array_equal(dev[f"{name}/shard_map_params"], dev[f"{name}/pmap_params"][0])
+    assert dev[f"{name}/shard_map_loss"] == dev[f"{name}/pmap_loss"][0]
+    np.testing.assert_allclose(dev[f"{name}/shard_map_loss"], one[f"{name}/shardwise_loss"], rtol=1e-5)
+    np.testing.assert_allclose(dev[f"{name}/shard_map_params"], one[f"{name}/shardwise_params"],
+                               rtol=STEP_RTOL, atol=STEP_ATOL)
+
+
+@pytest.mark.parametrize("label", ["ae/shard_map", "ae/shard_map_2x2"])
+def test_shard_map_deterministic_loss_equals_1_device(workers, label):
+    """A deterministic loss (the AE): shard_map_step over 4 devices, and over the second axis of a (2, 2)
+    mesh, == make_step on the global batch on 1 device (the mean of equal shards' means is the global mean)."""
+    dev, one = workers["devices"], workers["single"]
+    np.testing.assert_allclose(dev[f"{label}_loss"], one["ae/loss"], rtol=1e-5)
+    np.testing.assert_allclose(dev[f"{label}_params"], one["ae/params"], rtol=STEP_RTOL, atol=STEP_ATOL)
+    assert np.max(np.abs(np.subtract(one["ae/params"], one["ae/init_params"]))) > 1e-3
+
+
+def test_shard_map_phases(workers):
+    """A two-phase step through shard_map_step == make_step(phases=) on 1 device (float32 rounding) and
+    == pmap_step(phases=) bit for bit; both phases' losses are reported."""
+    dev, one = workers["devices"], workers["single"]
+    ref, got = one["ae_phases/metrics"], dev["ae_phases/shard_map_metrics"]
+    assert set(got) == set(ref) and {"loss", "decoder_loss", "decoder_grad_norm"} <= set(got)
+    for k in ("loss", "decoder_loss", "grad_norm", "decoder_grad_norm"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)
+    np.testing.assert_allclose(dev["ae_phases/shard_map_params"], one["ae_phases/params"],
+                               rtol=STEP_RTOL, atol=STEP_ATOL)
+    np.testing.assert_array_equal(dev["ae_phases/shard_map_params"], dev["ae_phases/pmap_params"])
+    assert got == dev["ae_phases/pmap_metrics"]
+    # the decoder phase ran at the encoder's updated parameters: its loss is below the first phase's
+    assert got["decoder_loss"] < got["loss"]
+    assert np.max(np.abs(np.subtract(one["ae_phases/params"], one["ae/init_params"]))) > 1e-3
+
+
 def test_fit_mesh_4_devices_equals_1_device(workers):
     """fit over a 4-device mesh for 2 epochs == fit on 1 device."""
     dev, one = workers["devices"], workers["single"]
@@ -329,6 +428,60 @@ def test_batch_not_divisible_raises(workers):
     for label in ("fit_mesh", "fit_default_mesh"):
         assert errors[label] is not None and "`batch_size` (30)" in errors[label] and "4 devices" in errors[label]
     assert errors["make_step"] is not None and "`batch` (6)" in errors["make_step"]
+    assert errors["shard_map_step"] is not None and "`batch` (6)" in errors["shard_map_step"]
+    assert "4 devices of the mesh axis 'batch'" in errors["shard_map_step"]
+    # on the (2, 2) mesh the batch is split over the named axis only: its size, 2, is the divisor
+    msg = errors["shard_map_step_2x2"]
+    assert msg is not None and "`batch` (5)" in msg and "2 devices of the mesh axis 'data'" in msg
+
+
+def _epoch_ae_loss():
+    """The AE's loss times (1 + epoch): a loss with an ``epoch`` parameter."""
+    model, ae_loss = build("ae")
+
+    def loss(variables, x, key, epoch=0):
+        return ae_loss(variables, x, key) * (1.0 + epoch)
+
+    return model, ae_loss, loss
+
+
+def test_shard_map_step_one_device_is_make_step():
+    """On a 1-device mesh (this process) shard_map_step is make_step for a deterministic loss, and the epoch
+    reaches a loss that takes one."""
+    model, ae_loss, loss = _epoch_ae_loss()
+    x = digits()[:BATCH]
+    state = aet.train.init_state(model.init(jax.random.key(1), x), optax.sgd(STEP_LR))
+    mesh, key = aet.parallel.data_mesh(), jax.random.key(0)
+    step = aet.parallel.shard_map_step(loss, optax.sgd(STEP_LR), mesh)
+    ref_new, ref = aet.train.make_step(loss, optax.sgd(STEP_LR))(state, x, key, 2)
+    new, metrics = step(state, x, key, 2)
+    np.testing.assert_allclose(float(metrics["loss"]), float(ref["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(flat(new.params), flat(ref_new.params), rtol=1e-6, atol=1e-7)
+    mse = float(ae_loss(state.variables, x, key))
+    np.testing.assert_allclose(float(metrics["loss"]), 3.0 * mse, rtol=1e-6)  # epoch 2 reached the loss
+    _, metrics = step(state, x, key)  # no epoch: the loss's default
+    np.testing.assert_allclose(float(metrics["loss"]), mse, rtol=1e-6)
+
+
+def test_shard_map_step_bad_arguments():
+    loss_fn, state, x = init_state("ae")
+    opt, mesh = optax.sgd(STEP_LR), aet.parallel.data_mesh()
+    with pytest.raises(TypeError, match="`mesh`"):
+        aet.parallel.shard_map_step(loss_fn, opt, "batch")
+    with pytest.raises(ValueError, match=r"`axis_name` 'model' is not an axis of `mesh`.*\('batch',\)"):
+        aet.parallel.shard_map_step(loss_fn, opt, mesh, "model")
+    with pytest.raises(TypeError, match="`axis_name`"):
+        aet.parallel.shard_map_step(loss_fn, opt, mesh, 0)
+    with pytest.raises(ValueError, match="`phases`"):
+        aet.parallel.shard_map_step(loss_fn, opt, mesh, phases=ae_phases()[0])
+    for make in (lambda: aet.parallel.shard_map_step(loss_fn, mesh=mesh), lambda: aet.parallel.pmap_step(loss_fn)):
+        with pytest.raises(TypeError, match="`loss_fn` and `optimizer` are required"):
+            make()
+    step = aet.parallel.shard_map_step(loss_fn, opt, mesh)
+    with pytest.raises(ValueError, match="`batch` must be an array"):
+        step(state, x[0, 0], jax.random.key(0))
+    with pytest.raises(ValueError, match=r"`batch` must have the same leading.*\[8, 16\]"):
+        step(state, (x, x[:8]), jax.random.key(0))
 
 
 def test_process_shard_and_initialize_single_process(monkeypatch):

@@ -53,15 +53,23 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(_check_mesh(mesh), PartitionSpec())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-    """``ValueError`` unless ``batch_size`` is a multiple of the number of shards of ``mesh``."""
-    n = num_shards(mesh)
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size", axis: Optional[str] = None) -> None:
+    """``ValueError`` unless ``batch_size`` is a multiple of the size of the mesh axis the batch is split over.
+
+    Args:
+        batch_size: the number of examples in one (global) batch.
+        mesh: the mesh.
+        name: the argument's name in the error message.
+        axis: the mesh axis the batch is split over (default: the first, ``data_axis(mesh)``).
+    """
+    axis = data_axis(mesh) if axis is None else axis
+    n = int(mesh.shape[axis])
     if batch_size % n:
         lo, hi = (batch_size // n) * n, (batch_size // n + 1) * n
         hint = f"{lo} or {hi}" if lo else f"{hi}"
         raise ValueError(
             f"`{name}` ({batch_size}) must be divisible by the {n} devices of the mesh axis "
-            f"{data_axis(mesh)!r} (each device takes an equal share of the batch); use e.g. {hint}, "
+            f"{axis!r} (each device takes an equal share of the batch); use e.g. {hint}, "
             "or pass `mesh=aet.parallel.data_mesh(jax.devices()[:k])` for a divisor k"
         )
 
