@@ -12,10 +12,13 @@ import numpy as np
 import optax
 import pytest
 from scipy import special
+from _conditional_checks import BODIES, K, N_IN, absorb_label, check_conditional_loss
+from _conditional_checks import LATENT as C_LATENT
+from _conditional_checks import batch as cond_batch
 from conftest import LATENT, Identity, linear_gaussian, small_vae_parts
 
 import aetk_jax as aet
-from aetk_jax import flows
+from aetk_jax import builders, flows
 
 
 def _f64(tree):
@@ -306,3 +309,25 @@ def test_cli_builds_the_flow_models():
         recipe = aet.builders.build(name, (64,))
         assert isinstance(recipe.model, cls) and recipe.hyper == {"beta": 1.0}
         assert recipe.loss.func is getattr(aet, name).loss
+
+
+# ---------------------------------------------------------------------------------------------
+# conditional flows
+
+
+@pytest.mark.parametrize("name", ["vae_linnf", "vae_iaf"])
+def test_flow_models_are_conditional(name):
+    """q₀(z₀|x, c) and p(x|z_K, c) (``_conditional_checks``: constant label = the unconditional loss at the
+    absorbed parameters, zero rows = label irrelevant, gradient reaches the rows); and the marginal
+    log-likelihood with the flowed proposal at a constant label is the unconditional one at those parameters."""
+    model = builders.build(name, (N_IN,), latent_dim=C_LATENT, hidden=(8,)).model.clone(n_conditions=K)
+    x, c = cond_batch()
+    variables = model.init(jax.random.key(3), (x, c))
+    check_conditional_loss(model, variables, flows.loss, BODIES, trained=BODIES)
+    absorbed = {"params": absorb_label(variables["params"], BODIES, 1)}
+    key = jax.random.key(5)
+    got = aet.evaluate.marginal_loglikelihood(model, variables, (x, jnp.ones(6, jnp.int32)), key, 16)
+    want = aet.evaluate.marginal_loglikelihood(model.clone(n_conditions=0), absorbed, x, key, 16)
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    s = aet.sample(model, variables, jax.random.key(1), 4, condition=jnp.array([0, 1, 2, 0]))
+    assert s.x.shape == (4, N_IN) and np.all(np.isfinite(s.x))

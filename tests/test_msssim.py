@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _conditional_checks import BODIES, K, LATENT, N_IN, check_conditional_loss
+from _conditional_checks import batch as cond_batch
 from conftest import small_vae_parts
 from jax.test_util import check_grads
 
@@ -220,3 +222,17 @@ def test_trains_on_digits(digits):
     assert float(metrics["msssim"]) > baseline + 0.04, (float(metrics["msssim"]), baseline)
     s = aet.sample(model, variables, jax.random.key(2), 4)
     assert s.x.shape == (4, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# conditional
+
+
+def test_msssim_vae_is_conditional():
+    """q(z|x, c) and x̂ decoded under c (``_conditional_checks``), on 3×4 images with the 3×3 window."""
+    from aetk_jax import builders
+
+    plain = builders.build("msssim_vae", (N_IN,), latent_dim=LATENT, hidden=(8,)).model
+    model = plain.clone(image_shape=(3, 4), n_conditions=K)
+    variables = model.init(jax.random.key(3), cond_batch())
+    check_conditional_loss(model, variables, msssim_vae.loss, BODIES, trained=BODIES)

@@ -11,8 +11,10 @@ import pytest
 import scipy.special as sp
 
 import aetk_jax as aet
-from aetk_jax import bessel, svae
+from aetk_jax import bessel, builders, cli, svae
 
+from _conditional_checks import BODIES, K, LATENT, N_IN, check_conditional_loss
+from _conditional_checks import batch as cond_batch
 from conftest import small_vae_parts
 
 
@@ -181,3 +183,38 @@ def test_bad_hyper_parameters_raise_value_error_naming_them():
         svae.loss(model, v, jnp.zeros((2, 64)), jax.random.key(0), beta=-1.0)
     with pytest.raises(ValueError, match="`n_samples`"):
         svae.elbo(model, v, jnp.zeros((2, 64)), jax.random.key(0), n_samples=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# conditional S-VAE, convolutional networks
+
+
+def test_svae_is_conditional_and_samples_per_label():
+    """vMF q(z|x, c) on the circle and p(x|z, c) (``_conditional_checks``); aet.sample(condition=...) draws the
+    same uniform codes on S¹ for one key and decodes them under each label."""
+    model = builders.build("svae", (N_IN,), latent_dim=LATENT, hidden=(8,)).model.clone(n_conditions=K)
+    x, c = cond_batch()
+    variables = model.init(jax.random.key(3), (x, c))
+    check_conditional_loss(model, variables, svae.loss, BODIES, trained=BODIES)
+    a = aet.sample(model, variables, jax.random.key(1), 4, condition=jnp.array([0, 1, 2, 0]))
+    b = aet.sample(model, variables, jax.random.key(1), 4, condition=jnp.full(4, 2))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(a.z), axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(a.z, b.z)
+    np.testing.assert_allclose(a.x[2], b.x[2], rtol=1e-6)
+    assert not np.allclose(a.x[0], b.x[0])
+
+
+def test_svae_with_arch_conv_has_a_convolutional_vmf_encoder():
+    """`aet train --model svae --arch conv`: the vMF heads on the convolutional body, the convolutional
+    decoder; the loss and its gradients are finite."""
+    digits = aet.data.load_digits()[0]
+    _, cfg = cli.resolve_config(cli._parser().parse_args(["train", "--model", "svae", "--arch", "conv",
+                                                           "--latent-dim", "3", "--hidden", "16"]))
+    recipe = cli._recipe(cfg, digits)
+    assert isinstance(recipe.model.encoder, svae.VMFEncoder)
+    assert isinstance(recipe.model.encoder.body, aet.layers.ConvEncoderBody)
+    assert isinstance(recipe.model.decoder.body, aet.layers.ConvDecoderBody)
+    x = jnp.asarray(digits.x[:8])
+    variables = recipe.model.init(jax.random.key(0), x)
+    value, grads = jax.jit(jax.value_and_grad(recipe.loss))(variables, x, jax.random.key(1))
+    assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
