@@ -35,6 +35,15 @@ Differences from AutoEncoderToolkit.jl (we implement the paper):
   (Julia always uses ½·d·log β₀, i.e. assumes β_K = 1); the two agree for
   ``quadratic_tempering``.
 
+**Under a condition** (``HVAE(..., n_conditions=k)`` or ``condition_dim=k``; the loss takes
+the pair ``x = (x, c)``) the encoder is q(z|x, c), the prior p(z) stays unconditional and the
+potential is
+
+    U(z) = −log p(x|z, c) − log p(z),
+
+so the ELBO bounds log p(x|c); the dynamics, the momentum and the tempering are unchanged
+(everything goes through the base helpers, which split the pair).
+
 The potential gradient is a parameter (``potential_grad``) so a user can
 supply their own. ∇U is the gradient of the batch sum of U, equal to the
 per-example gradients because examples are independent (a decoder that mixes
@@ -75,7 +84,11 @@ ModelPotentialGrad = Callable[[nn.Module, Variables, jax.Array, jax.Array], jax.
 
 
 class HVAE(AutoEncoderModel):
-    """Hamiltonian VAE: ``HVAE(encoder, decoder)``; train it with ``aet.hvae.loss``."""
+    """Hamiltonian VAE: ``HVAE(encoder, decoder)``; train it with ``aet.hvae.loss``.
+
+    ``n_conditions``/``condition_dim`` (keyword-only) make it conditional: its loss then
+    takes the pair ``(x, c)`` and the potential is U(z) = −log p(x|z, c) − log p(z).
+    """
 
 
 def sample_momentum(key: jax.Array, z: jax.Array, beta0: Any) -> tuple[jax.Array, jax.Array]:
@@ -172,12 +185,15 @@ def hamiltonian_flow(
 
 
 def potential_energy(model: nn.Module, variables: Variables, x: jax.Array, z: jax.Array) -> jax.Array:
-    """U(z) = −log p(x|z) − log N(z; 0, I) per example. Works with any registered decoder.
+    """U(z) = −log p(x|z) − log p(z) per example (p(z) the model's prior, N(0, I) by default).
+
+    For a conditional model ``x`` is the pair ``(x, c)`` and U(z) = −log p(x|z, c) − log p(z).
+    Works with any registered decoder.
 
     Args:
         model: the model.
         variables: its variables.
-        x: ``(batch, *data_shape)``.
+        x: ``(batch, *data_shape)``, or the pair ``(x, c)`` for a conditional model.
         z: ``(batch, d)``.
 
     Returns:
@@ -192,7 +208,7 @@ def grad_potential_energy(model: nn.Module, variables: Variables, x: jax.Array, 
     Args:
         model: the model.
         variables: its variables.
-        x: ``(batch, *data_shape)``.
+        x: ``(batch, *data_shape)``, or the pair ``(x, c)`` for a conditional model (z at fixed c).
         z: ``(batch, d)``.
 
     Returns:
@@ -209,7 +225,8 @@ class HVAEConfig(FlowConfig):
     """The HVAE's hyper-parameters: :class:`~aetk_jax.hamiltonian.flow.FlowConfig` plus the gradient.
 
     Attributes:
-        potential_grad: ``(model, variables, x, z) -> (batch, d)``, ∇U (default: exact).
+        potential_grad: ``(model, variables, x, z) -> (batch, d)``, ∇U (default: exact); ``x`` is
+            the loss's input (the pair ``(x, c)`` for a conditional model).
     """
 
     potential_grad: ModelPotentialGrad = grad_potential_energy
@@ -239,7 +256,7 @@ def hamiltonian_terms(model: nn.Module, variables: Variables, x: jax.Array, key:
     Args:
         model: the HVAE.
         variables: its variables.
-        x: the batch ``(batch, *data_shape)``.
+        x: the batch ``(batch, *data_shape)`` (the pair ``(x, c)`` for a conditional model).
         key: one PRNG key.
         **hyper: the fields of :class:`HVAEConfig`: ``K`` (3), ``eps`` (1e-4),
             ``beta0`` (0.3), ``tempering`` (``quadratic_tempering``), ``potential_grad``.
@@ -267,7 +284,7 @@ def elbo(model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, *
     Args:
         model: the HVAE.
         variables: its variables.
-        x: the batch.
+        x: the batch (the pair ``(x, c)`` for a conditional model).
         key: one PRNG key.
         **hyper: as in :func:`hamiltonian_terms`.
 
@@ -290,7 +307,7 @@ def loss(model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, *
     Args:
         model: the HVAE.
         variables: its variables.
-        x: the batch.
+        x: the batch (the pair ``(x, c)`` for a conditional model).
         key: one PRNG key.
         aux: also return the metrics.
         **hyper: the fields of :class:`HVAEConfig`.

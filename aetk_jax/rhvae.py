@@ -56,6 +56,18 @@ the centroid data ``"x"`` (N, *data_shape) and the k-means ``"seed"``) is create
 every epoch with centroid data chosen by
 :func:`select_centroid_data` with a key derived from the init key and the step count.
 
+**Under a condition** (``n_conditions`` or ``condition_dim`` > 0; data are pairs (x, c)) the
+potential is U(z) = −log p(x|z, c) − log p(z) with the unconditional prior, the encoder is
+q(z|x, c), and the metric is built from centroid pairs (xᵢ, cᵢ):
+
+    G⁻¹(z) = Σᵢ L_ψ(xᵢ, cᵢ) L_ψ(xᵢ, cᵢ)ᵀ · exp(−‖z − μ_φ(xᵢ, cᵢ)‖² / T²) + λ·I,
+
+where the metric network sees ``[flatten(xᵢ), e(cᵢ)]``, the same input as the encoder (so
+that with a constant label the model is exactly an unconditional RHVAE with absorbed first-layer
+biases). G(z) is a function of z alone: one geometry of the shared latent space, with centroids
+of every condition. The sampler draws z from that metric's density and decodes it with
+p(x|z, c) (``aet.sample(..., condition=c)``).
+
 Where things live: the metric, its network and the centroid selection in
 ``aetk_jax.rhvae_metric``; the sampler in ``aetk_jax.rhvae_sampler``; the
 integrators, the momentum metric, the tempering and the one tempered-flow ELBO
@@ -74,7 +86,7 @@ import jax.numpy as jnp
 
 from . import evaluate as _evaluate
 from . import sampling as _sampling
-from .base import AutoEncoderModel, Variables, check_inputs, encode, finish
+from .base import AutoEncoderModel, Variables, check_inputs, encode, finish, split_condition
 from .distributions import LOG_2PI
 from .encoders import encoder_mean
 from .hamiltonian import flow as _flow
@@ -86,9 +98,9 @@ from .hamiltonian.metrics import kinetic_metric
 from .hamiltonian.tempering import null_tempering, quadratic_tempering  # noqa: F401  (re-exported)
 from .hvae import potential_energy
 from .rhvae_metric import (  # noqa: F401  (the metric's public names are this module's too)
-    G_inv, Metric, MetricNetwork, capped_exp, centroid_key, inverse_metric, log_volume, logdet_inverse,
-    metric_fn, metric_from_data, metric_tensor, momentum_metric, riemannian_logprior, select_centroid_data,
-    stored_metric, update_metric,
+    G_inv, Metric, MetricNetwork, capped_exp, centroid_data, centroid_key, inverse_metric, log_volume,
+    logdet_inverse, metric_factors, metric_fn, metric_from_data, metric_tensor, momentum_metric,
+    riemannian_logprior, select_centroid_data, stored_metric, update_metric,
 )
 from .rhvae_sampler import SAMPLING_TARGETS, log_sampling_density  # noqa: F401
 from .rhvae_sampler import sample as _sample
@@ -103,11 +115,14 @@ class RHVAE(AutoEncoderModel):
     ``model.init(key, x)`` creates ``params`` and the non-trainable ``"metric"``
     collection (centroids at 0, Mᵢ = I, centroid data 0, and a k-means ``"seed"``
     drawn from ``key``) — call :func:`update_metric` (``fit`` does) before using the
-    stored metric.
+    stored metric. A conditional RHVAE (``n_conditions``/``condition_dim``, keyword-only)
+    is initialised with the pair ``model.init(key, (x, c))``; its collection also holds
+    the centroids' conditions ``"condition"`` (zeros until the first update).
 
     Attributes:
         metric_network: maps ``x`` to lower-triangular factors ``(batch, d, d)``
-            with a positive diagonal (e.g. :class:`MetricNetwork`).
+            with a positive diagonal (e.g. :class:`MetricNetwork`); under a condition it sees
+            ``[flatten(x), e(c)]``, as the encoder does.
         n_centroids: N, the number of stored centroids.
         T: the temperature (length scale), > 0.
         lam: the regulariser λ > 0 of G⁻¹(z) = Σᵢ Mᵢ exp(−‖z − cᵢ‖²/T²) + λI (λ = 0 is
@@ -129,23 +144,29 @@ class RHVAE(AutoEncoderModel):
         object.__setattr__(self, "lam", float(self.lam))
         super().__post_init__()
 
-    def metric_factor(self, x: jax.Array) -> jax.Array:
-        """L_ψ(x), ``(batch, d, d)``."""
-        return self.metric_network(x)
+    def metric_factor(self, x: jax.Array, c: Any = None) -> jax.Array:
+        """L_ψ(x), or L_ψ([flatten(x), e(c)]) under a condition, ``(batch, d, d)``."""
+        if self._condition_or_none(c) is None:
+            return self.metric_network(x)
+        flat = x.reshape(x.shape[0], -1)
+        return self.metric_network(jnp.concatenate([flat, self.embed_condition(c, flat.dtype)], axis=-1))
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> Any:
-        enc = self.encoder(x)
+    def __call__(self, x: Any) -> Any:
+        data, c = split_condition(self, x)
+        enc = self.encode(data, c)
         d = self.latent_dim
-        dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+        dtype = data.dtype if jnp.issubdtype(data.dtype, jnp.floating) else jnp.result_type(float)
         n = int(self.n_centroids)
         self.variable("metric", "centroids", lambda: jnp.zeros((n, d), dtype))
         self.variable("metric", "M", lambda: jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d)))
-        self.variable("metric", "x", lambda: jnp.zeros((n,) + tuple(x.shape[1:]), dtype))
-        self.metric_network(x)
+        self.variable("metric", "x", lambda: jnp.zeros((n,) + tuple(data.shape[1:]), dtype))
+        if c is not None:  # labels are stored as floats (exact below 2²⁴) so that jax.grad over the variables works
+            self.variable("metric", "condition", lambda: jnp.zeros((n,) + tuple(jnp.shape(c)[1:]), dtype))
+        self.metric_factor(data, c)
         z = encoder_mean(self.encoder, enc)
         self.init_prior(z)
-        out = self.decoder(z)
+        out = self.decode(z, c)
         # last, so that no other draw from the init key changes: < 2²⁴, exact in any float cast
         # stored as float32 (exact below 2²⁴) so that jax.grad over the whole variables pytree works
         self.variable("metric", "seed", lambda: jax.random.randint(self.make_rng("params"), (), 0, 2**24)
@@ -180,12 +201,13 @@ def hamiltonian(
     *,
     metric: Optional[Metric] = None,
 ) -> jax.Array:
-    """H(z, ρ) = −log p(x|z) − log p(z) + ½ log((2π)ᵈ det G(z)) + ½ ρᵀ G⁻¹(z) ρ.
+    """H(z, ρ) = −log p(x|z) − log p(z) + ½ log((2π)ᵈ det G(z)) + ½ ρᵀ G⁻¹(z) ρ
+    (−log p(x|z, c) for the pair ``x = (x, c)`` of a conditional model).
 
     Args:
         model: the RHVAE.
         variables: its variables.
-        x: ``(batch, *data_shape)``.
+        x: ``(batch, *data_shape)`` (or the pair ``(x, c)``).
         z: ``(batch, d)``.
         rho: ``(batch, d)``.
         metric: the metric (default: the stored one; e.g. ``metric_from_data(model, variables, x)``).
@@ -330,12 +352,11 @@ class RHVAEConfig(FlowConfig):
         check_scalar(self.fixed_point_tol, "fixed_point_tol", positive=True)
 
 
-def _training_metric(model: RHVAE, variables: Variables, x: jax.Array, enc_out: Any, source: str) -> Metric:
-    if source == "batch":
-        L = model.apply(variables, x, method="metric_factor")
-        return Metric(encoder_mean(model.encoder, enc_out), L @ jnp.swapaxes(L, -1, -2), model.T, model.lam)
+def _training_metric(model: RHVAE, variables: Variables, x: Any, enc_out: Any, source: str) -> Metric:
+    if source == "batch":  # the batch's codes μ(x, c) and factors L_ψ(x, c) (x may be the pair)
+        return metric_from_data(model, variables, x, enc_out=enc_out)
     if source == "centroids":
-        return metric_from_data(model, variables, variables["metric"]["x"])
+        return metric_from_data(model, variables, centroid_data(model, variables))
     return stored_metric(model, variables)
 
 
@@ -360,7 +381,7 @@ def phase_space(model: RHVAE, variables: Variables, x: jax.Array, key: jax.Array
     Args:
         model: the RHVAE.
         variables: its variables.
-        x: the batch.
+        x: the batch (the pair ``(x, c)`` for a conditional model).
         key: one PRNG key.
         **hyper: the fields of :class:`RHVAEConfig` (as :func:`loss`).
 
@@ -391,7 +412,7 @@ def elbo(model: RHVAE, variables: Variables, x: jax.Array, key: jax.Array, **hyp
     Args:
         model: the RHVAE.
         variables: its variables.
-        x: the batch.
+        x: the batch (the pair ``(x, c)`` for a conditional model).
         key: one PRNG key.
         **hyper: the fields of :class:`RHVAEConfig` (as :func:`loss`).
 
@@ -431,7 +452,7 @@ def loss(model: RHVAE, variables: Variables, x: jax.Array, key: jax.Array, *, au
     Args:
         model: the RHVAE.
         variables: its variables.
-        x: the batch.
+        x: the batch (the pair ``(x, c)`` for a conditional model).
         key: one PRNG key.
         aux: also return the metrics.
         **hyper: the fields of :class:`RHVAEConfig`: ``K`` (3), ``eps`` (1e-4),
@@ -480,7 +501,9 @@ __all__ = [
     "inverse_metric",
     "logdet_inverse",
     "stored_metric",
+    "metric_factors",
     "metric_from_data",
+    "centroid_data",
     "update_metric",
     "select_centroid_data",
     "centroid_key",

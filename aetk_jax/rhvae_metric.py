@@ -17,6 +17,15 @@ of :func:`select_centroid_data` during ``fit`` uses
 resumed run picks the same ones). The functions take the RHVAE model (any
 module with ``encoder``, ``T``, ``lam``, ``n_centroids``, ``latent_dim`` and a
 ``metric_factor`` method); this module does not import ``aetk_jax.rhvae``.
+
+Under a condition (``n_conditions`` or ``condition_dim`` > 0) the centroid data
+are pairs (xᵢ, cᵢ): the centroids are the codes cᵢ = μ_φ(xᵢ, cᵢ) and the factors
+L_ψ(xᵢ, cᵢ) (the metric network sees ``[flatten(xᵢ), e(cᵢ)]``, the encoder's input),
+while G⁻¹(z) itself stays a function of z alone, one geometry of the latent space
+that the unconditional prior p(z) lives on. The collection then also holds the
+centroids' conditions ``"condition"`` ((N,) labels stored as floats, or (N, k)
+covariates; :func:`centroid_data` returns the pair). Every function here that
+takes data takes the pair ``(x, c)`` for a conditional model.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .base import Variables, check_inputs, encode
+from .base import Variables, batch_size, check_inputs, encode, is_conditional, split_condition
 from .encoders import encoder_mean
 from .hamiltonian.metrics import gaussian_riemannian, logdet_inverse, riemannian_logprior  # noqa: F401
 from .hamiltonian.metrics import Metric as MomentumMetric
@@ -148,20 +157,62 @@ def stored_metric(model: nn.Module, variables: Variables) -> Metric:
     return Metric(m["centroids"], m["M"], model.T, model.lam)
 
 
-def metric_from_data(model: nn.Module, variables: Variables, x: jax.Array) -> Metric:
-    """The metric with centroid data ``x``: cᵢ = μ_φ(xᵢ), Mᵢ = L_ψ(xᵢ)L_ψ(xᵢ)ᵀ (differentiable).
+def metric_factors(model: nn.Module, variables: Variables, x: Any) -> jax.Array:
+    """The metric network's factors L_ψ(x) (L_ψ(x, c) for the pair ``x = (x, c)``), ``(batch, d, d)``.
 
     Args:
         model: the RHVAE.
         variables: its variables.
-        x: centroid data ``(N, *data_shape)``.
+        x: data ``(batch, *data_shape)``, or the pair ``(x, c)`` for a conditional model.
+
+    Returns:
+        ``(batch, d, d)`` lower-triangular factors.
+    """
+    data, c = split_condition(model, x)
+    if c is None:
+        return model.apply(variables, data, method="metric_factor")
+    return model.apply(variables, data, c, method="metric_factor")
+
+
+def metric_from_data(model: nn.Module, variables: Variables, x: Any, *, enc_out: Any = None) -> Metric:
+    """The metric with centroid data ``x``: cᵢ = μ_φ(xᵢ), Mᵢ = L_ψ(xᵢ)L_ψ(xᵢ)ᵀ (differentiable).
+
+    For a conditional model ``x`` is the pair ``(x, c)``: cᵢ = μ_φ(xᵢ, cᵢ), Mᵢ from L_ψ(xᵢ, cᵢ).
+
+    Args:
+        model: the RHVAE.
+        variables: its variables.
+        x: centroid data ``(N, *data_shape)`` (or the pair).
+        enc_out: the encoder's output on ``x`` if already computed.
 
     Returns:
         :class:`Metric`.
     """
-    c = encoder_mean(model.encoder, encode(model, variables, x))
-    L = model.apply(variables, x, method="metric_factor")
-    return Metric(c, L @ jnp.swapaxes(L, -1, -2), model.T, model.lam)
+    enc_out = encode(model, variables, x) if enc_out is None else enc_out
+    L = metric_factors(model, variables, x)
+    return Metric(encoder_mean(model.encoder, enc_out), L @ jnp.swapaxes(L, -1, -2), model.T, model.lam)
+
+
+def centroid_data(model: nn.Module, variables: Variables) -> Any:
+    """The stored centroid data: ``variables["metric"]["x"]``, or for a conditional model the pair
+    ``(x, c)`` with the stored ``"condition"`` (labels cast back to ``int32``).
+
+    Args:
+        model: the RHVAE.
+        variables: its variables (with the ``"metric"`` collection).
+
+    Returns:
+        ``(N, *data_shape)`` or the pair.
+    """
+    stored_metric(model, variables)  # a ValueError without the collection
+    m = variables["metric"]
+    if not is_conditional(model):
+        return m["x"]
+    if "condition" not in m:
+        raise ValueError("`variables` has no stored centroid conditions (variables['metric']['condition']): "
+                         "they were not made by this conditional model's init")
+    c = m["condition"]
+    return m["x"], (jnp.round(c).astype(jnp.int32) if model.n_conditions else c)
 
 
 def _check_z(model: nn.Module, z: Any) -> None:
@@ -236,23 +287,33 @@ def metric_fn(model: nn.Module, variables: Variables) -> Callable[[jax.Array], j
     return fn
 
 
-def update_metric(model: nn.Module, variables: Variables, x_centroids: jax.Array) -> Variables:
+def _check_data(model: nn.Module, x: Any, name: str) -> None:
+    """``check_inputs`` with the argument's name also in the message for a missing pair."""
+    if is_conditional(model) and not (isinstance(x, (tuple, list)) and len(x) == 2):
+        raise ValueError(f"`{name}` must be the pair (x, c) for the conditional {type(model).__name__}, "
+                         f"got {type(x).__name__}")
+    check_inputs(model, x, name=name)
+
+
+def update_metric(model: nn.Module, variables: Variables, x_centroids: Any) -> Variables:
     """Recompute the stored metric from centroid data (jit-able).
 
     Sets cᵢ = μ_φ(xᵢ) ``(N, d)``, Mᵢ = L_ψ(xᵢ)L_ψ(xᵢ)ᵀ ``(N, d, d)`` and keeps the
     data (``"x"``, for ``metric_source="centroids"``) and every other entry of the
-    collection (the ``"seed"``).
+    collection (the ``"seed"``). For a conditional model ``x_centroids`` is the pair
+    ``(x, c)``: cᵢ = μ_φ(xᵢ, cᵢ), Mᵢ from L_ψ(xᵢ, cᵢ), and the conditions are stored
+    as ``"condition"``.
 
     Args:
         model: the RHVAE.
         variables: its variables.
-        x_centroids: ``(n_centroids, *data_shape)``.
+        x_centroids: ``(n_centroids, *data_shape)`` (or the pair ``(x, c)``).
 
     Returns:
         New ``variables``.
     """
-    check_array(x_centroids, "x_centroids")
-    n = x_centroids.shape[0]
+    _check_data(model, x_centroids, "x_centroids")
+    n = batch_size(x_centroids)
     if n < model.n_centroids:
         raise ValueError(
             f"`n_centroids` ({model.n_centroids}) is larger than the centroid data ({n} points)"
@@ -262,21 +323,27 @@ def update_metric(model: nn.Module, variables: Variables, x_centroids: jax.Array
             f"`x_centroids` must have exactly n_centroids={model.n_centroids} rows, got {n}; "
             "pick them with aet.rhvae.select_centroid_data"
         )
-    check_inputs(model, x_centroids, name="x_centroids")
     m = metric_from_data(model, variables, x_centroids)
     old = variables["metric"]
+    data, c = split_condition(model, x_centroids)
     new = {**old, "centroids": m.centroids.astype(old["centroids"].dtype), "M": m.M.astype(old["M"].dtype),
-           "x": jnp.asarray(x_centroids, old["x"].dtype)}
+           "x": jnp.asarray(data, old["x"].dtype)}
+    if c is not None:
+        new["condition"] = jnp.asarray(c, old["condition"].dtype)
     return {**variables, "metric": new}
 
 
-def _encode_chunked(model: nn.Module, variables: Variables, x: jax.Array, chunk: int) -> jax.Array:
-    """Encoder means of all of ``x`` ``(n, d)``, ``chunk`` rows at a time (bounded memory)."""
-    n = x.shape[0]
+def _encode_chunked(model: nn.Module, variables: Variables, x: Any, chunk: int) -> jax.Array:
+    """Encoder means of all of ``x`` (or of the pair) ``(n, d)``, ``chunk`` rows at a time (bounded memory)."""
+    n = batch_size(x)
     n_chunks = -(-n // chunk)
     pad = n_chunks * chunk - n
-    xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])]) if pad else x
-    xp = xp.reshape((n_chunks, chunk) + x.shape[1:])
+
+    def chunks(a: jax.Array) -> jax.Array:
+        a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad,) + a.shape[1:])]) if pad else a
+        return a.reshape((n_chunks, chunk) + a.shape[1:])
+
+    xp = jax.tree_util.tree_map(chunks, tuple(x) if isinstance(x, list) else x)
     mu = jax.lax.map(lambda xb: encoder_mean(model.encoder, encode(model, variables, xb)), xp)
     return mu.reshape(n_chunks * chunk, -1)[:n]
 
@@ -301,7 +368,7 @@ def centroid_key(variables: Variables, step: Any = 0) -> jax.Array:
 def select_centroid_data(
     model: nn.Module,
     variables: Variables,
-    x: jax.Array,
+    x: Any,
     key: Optional[jax.Array] = None,
     *,
     n_iter: int = 10,
@@ -314,31 +381,40 @@ def select_centroid_data(
     O(n·N) time and memory, so it scales to large training sets (k-medoids would
     need all n² distances); two centres may share a nearest point, which then
     counts twice. Jit-able; ``fit`` calls it after every epoch with
-    ``key = centroid_key(variables, state.step)``.
+    ``key = centroid_key(variables, state.step)``. For a conditional model ``x`` is
+    the pair ``(x, c)`` of the whole training set: the codes are μ_φ(x, c) and the
+    chosen pairs are returned.
 
     Args:
         model: the RHVAE.
         variables: its variables.
-        x: the data ``(n, *data_shape)``.
+        x: the data ``(n, *data_shape)`` (or the pair ``(x, c)``).
         key: the k-means key; default :func:`centroid_key` ``(variables)`` (from the stored seed).
         n_iter: Lloyd iterations.
         chunk: rows encoded at a time.
 
     Returns:
-        ``(n_centroids, *data_shape)``.
+        ``(n_centroids, *data_shape)`` (the pair of them for a conditional model).
     """
-    check_array(x, "x")
-    if model.n_centroids > x.shape[0]:
-        raise ValueError(f"`n_centroids` ({model.n_centroids}) is larger than the data ({x.shape[0]} points)")
+    if is_conditional(model):
+        _check_data(model, x, "x")
+    else:
+        check_array(x, "x")
+    n = batch_size(x)
+    if model.n_centroids > n:
+        raise ValueError(f"`n_centroids` ({model.n_centroids}) is larger than the data ({n} points)")
     key = centroid_key(variables) if key is None else key
-    mu = _encode_chunked(model, variables, x, min(chunk, x.shape[0]))
+    mu = _encode_chunked(model, variables, x, min(chunk, n))
     centres = centroids_kmeans(mu, model.n_centroids, key, n_iter=n_iter)
     d2 = jnp.sum((centres[:, None, :] - mu[None, :, :]) ** 2, axis=-1)  # (N, n)
-    return x[jnp.argmin(d2, axis=1)]
+    pick = jnp.argmin(d2, axis=1)
+    if is_conditional(model):
+        return x[0][pick], x[1][pick]
+    return x[pick]
 
 
 __all__ = [
     "capped_exp", "MetricNetwork", "Metric", "inverse_metric", "momentum_metric", "logdet_inverse",
-    "riemannian_logprior", "stored_metric", "metric_from_data", "G_inv", "metric_tensor", "log_volume",
-    "metric_fn", "update_metric", "centroid_key", "select_centroid_data",
+    "riemannian_logprior", "stored_metric", "metric_factors", "metric_from_data", "centroid_data", "G_inv",
+    "metric_tensor", "log_volume", "metric_fn", "update_metric", "centroid_key", "select_centroid_data",
 ]

@@ -2,13 +2,15 @@
 
 The target is the stored metric's inverse volume element on a box around the
 centroids (see :func:`sample`), explored by independent blackjax HMC chains in one
-jitted ``lax.scan``. ``aetk_jax.rhvae`` registers :func:`sample` as
-``aet.sample`` for the RHVAE; this module does not import it.
+jitted ``lax.scan``. The metric is a function of z alone, so a conditional RHVAE
+draws its codes the same way for every condition and decodes them with p(x|z, c).
+``aetk_jax.rhvae`` registers :func:`sample` as ``aet.sample`` for the RHVAE; this
+module does not import it.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -39,7 +41,8 @@ SAMPLING_TARGETS = ("inverse_volume", "volume")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "n", "n_steps", "n_leapfrog", "target"))
-def _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin, target="inverse_volume"):
+def _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin, target="inverse_volume",
+                condition=None):
     import blackjax
 
     inverse = log_sampling_density(model, variables)  # log √det G⁻¹
@@ -67,7 +70,7 @@ def _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin
 
     states, acc = jax.lax.scan(one, states, jax.random.split(k_run, n_steps))
     z = states.position
-    return z, decoder_mean(model.decoder, decode(model, variables, z)), acc
+    return z, decoder_mean(model.decoder, decode(model, variables, z, condition)), acc
 
 
 def sample(
@@ -81,6 +84,7 @@ def sample(
     step_size: Optional[float] = None,
     margin: float = 1.0,
     target: str = "inverse_volume",
+    condition: Any = None,
 ) -> _sampling.Samples:
     """Draw ``n`` codes from the stored metric's inverse volume element and decode them.
 
@@ -97,7 +101,9 @@ def sample(
     accept; a proposal leaving S is rejected), started at uniformly drawn stored
     centroids and run for ``n_steps`` transitions, all in one jitted ``lax.scan``.
     Needs the stored metric (``fit`` keeps it up to date; else :func:`update_metric`).
-    Returns ``aet.sampling.Samples(z (n, d), x)`` with ``x`` the decoder mean.
+    Returns ``aet.sampling.Samples(z (n, d), x)`` with ``x`` the decoder mean, under
+    p(x|z, c) for a conditional model (``condition`` is then required; the codes do
+    not depend on it: the same key gives the same z for every condition).
 
     ``target="volume"`` samples the Riemannian volume measure instead, p(z) ∝ √det G(z)
     on the same box: it is largest off the data (where G → I/λ) and smallest on it,
@@ -114,6 +120,8 @@ def sample(
         step_size: the leapfrog step (default T/10).
         margin: the box margin, in units of T.
         target: ``"inverse_volume"`` (default) or ``"volume"``.
+        condition: for a conditional model, labels ``(n,)`` or covariates ``(n, condition_dim)``
+            (one per sample); ``None`` otherwise.
 
     Returns:
         ``aet.sampling.Samples(z, x)``.
@@ -127,7 +135,8 @@ def sample(
     check_scalar(margin, "margin", positive=True)
     if target not in SAMPLING_TARGETS:
         raise ValueError(f"`target` must be one of {SAMPLING_TARGETS}, got {target!r}")
-    z, x, _ = _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin, target)
+    condition = _sampling.check_sample_condition(model, condition, n)
+    z, x, _ = _hmc_chains(model, variables, key, n, n_steps, n_leapfrog, step_size, margin, target, condition)
     return _sampling.Samples(z, x)
 
 

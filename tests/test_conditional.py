@@ -25,13 +25,14 @@ from conftest import Identity, small_vae_parts
 
 # the CLI names whose models are conditional (VAMP is not: its pseudo-inputs carry no condition)
 SUPPORTED = ["vae", "betavae", "iwae", "miwae", "ciwae", "piwae", "mmdvae", "infomaxvae", "betatcvae",
-             "ae", "wae", "rae_l2", "rae_gp"]
+             "ae", "wae", "rae_l2", "rae_gp", "hvae", "rhvae"]
 N_IN, K = 12, 3
 
 
 def _recipe(name: str, n_conditions: int = 0, condition_dim: int = 0):
     """The CLI's recipe for ``name`` on 12 features (tiny networks), made conditional like ``--condition-on-labels``."""
-    extra = {"dataset_size": 100} if name == "betatcvae" else {}
+    # one leapfrog step keeps the Hamiltonian models' compilation short (the checks hold for any K)
+    extra = {"dataset_size": 100} if name == "betatcvae" else {"K": 1} if name in ("hvae", "rhvae") else {}
     r = builders.build(name, (N_IN,), latent_dim=2, hidden=(8,), **extra)
     if not (n_conditions or condition_dim):
         return r
@@ -74,6 +75,13 @@ def test_conditional_vae_generates_the_requested_digit(digits):
 # --------------------------------------------------------------------------- a constant label changes nothing
 
 
+def _conditioned_nets(params, n_in: int, d: int):
+    """The networks that see the condition and their data widths: the encoder [x, e(c)], the decoder
+    [z, e(c)] and, for an RHVAE, the metric network [x, e(c)]."""
+    nets = [("encoder", n_in), ("decoder", d)]
+    return nets + [("metric_network", n_in)] if "metric_network" in params else nets
+
+
 def _absorb_label(params, c0: int, n_in: int, d: int):
     """Unconditional parameters equal to the conditional ones at the constant label ``c0``.
 
@@ -82,7 +90,7 @@ def _absorb_label(params, c0: int, n_in: int, d: int):
     i.e. it is a bias. Remove the condition's rows and add that row to the bias.
     """
     out = jax.tree_util.tree_map(lambda a: a, params)
-    for net, width in (("encoder", n_in), ("decoder", d)):
+    for net, width in _conditioned_nets(params, n_in, d):
         layer = out[net]["body"]["dense_0"]
         kernel = layer["kernel"]
         out[net]["body"]["dense_0"] = {"kernel": kernel[:width], "bias": layer["bias"] + kernel[width + c0]}
@@ -110,7 +118,7 @@ def test_unconditional_models_are_unchanged_by_the_new_fields():
 def _pad(params, n_in: int, d: int):
     """Conditional parameters from unconditional ones: zero kernel rows for the condition's inputs."""
     out = jax.tree_util.tree_map(lambda a: a, params)
-    for net, width in (("encoder", n_in), ("decoder", d)):
+    for net, width in _conditioned_nets(params, n_in, d):
         layer = out[net]["body"]["dense_0"]
         layer["kernel"] = jnp.concatenate([layer["kernel"], jnp.zeros((K, layer["kernel"].shape[1]))], axis=0)
     return out
@@ -119,9 +127,10 @@ def _pad(params, n_in: int, d: int):
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_every_supported_model_is_conditional(name):
     """For every supported CLI model: the loss takes (x, c) pairs with finite gradients that reach the
-    condition's inputs of the encoder and the decoder; at a constant label it equals the unconditional
-    loss at the absorbed parameters (same key, same draws); and with zero weights on the condition
-    (the unconditional parameters padded) every labelling gives the unconditional loss."""
+    condition's inputs of the encoder and the decoder (and the RHVAE's metric network); at a constant
+    label it equals the unconditional loss at the absorbed parameters (same key, same draws: the
+    HVAE's/RHVAE's momenta and leapfrog paths too); and with zero weights on the condition (the
+    unconditional parameters padded) every labelling gives the unconditional loss."""
     cond, plain = _recipe(name, n_conditions=K), _recipe(name)
     x, c = _batch()
     variables = cond.model.init(jax.random.key(3), (x, c))
@@ -131,25 +140,21 @@ def test_every_supported_model_is_conditional(name):
     c0, key = 2, jax.random.key(4)
     absorbed = {"params": _absorb_label(variables["params"], c0, N_IN, 2)}
     padded = {"params": _pad(absorbed["params"], N_IN, 2)}
-    assert jax.tree_util.tree_structure(padded) == jax.tree_util.tree_structure(variables)
+    assert jax.tree_util.tree_structure(padded["params"]) == jax.tree_util.tree_structure(variables["params"])
 
-    @jax.jit
-    def run(variables, absorbed, padded):
-        value, grads = jax.value_and_grad(cond.loss)(variables, (x, c), key)
-        metrics = lambda f, v, data: f(v, data, key, aux=True)[1]  # noqa: E731
-        return value, grads, {
-            "plain": metrics(plain.loss, absorbed, x),
-            "constant": metrics(cond.loss, variables, (x, jnp.full(6, c0, jnp.int32))),
-            "other": metrics(cond.loss, variables, (x, jnp.zeros(6, jnp.int32))),
-            "padded": metrics(cond.loss, padded, (x, c)),
-        }
-
-    value, grads, m = run(variables, absorbed, padded)
+    # two compilations: the conditional loss with its gradient (all four of its calls share their shapes)
+    # and the unconditional loss
+    grad_and_metrics = jax.jit(jax.value_and_grad(lambda v, data: cond.loss(v, data, key, aux=True), has_aux=True))
+    (value, _), grads = grad_and_metrics(variables, (x, c))
+    m = {"plain": jax.jit(lambda v: plain.loss(v, x, key, aux=True)[1])(absorbed),
+         "constant": grad_and_metrics(variables, (x, jnp.full(6, c0, jnp.int32)))[0][1],
+         "other": grad_and_metrics(variables, (x, jnp.zeros(6, jnp.int32)))[0][1],
+         "padded": grad_and_metrics({**variables, **padded}, (x, c))[0][1]}
     assert np.isfinite(value)
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
-    # the condition's kernel rows receive gradient: c reaches the encoder and the decoder
-    assert np.any(np.asarray(grads["params"]["encoder"]["body"]["dense_0"]["kernel"][N_IN:]) != 0)
-    assert np.any(np.asarray(grads["params"]["decoder"]["body"]["dense_0"]["kernel"][2:]) != 0)
+    # the condition's kernel rows receive gradient: c reaches the encoder and the decoder (and L_ψ)
+    for net, width in _conditioned_nets(variables["params"], N_IN, 2):
+        assert np.any(np.asarray(grads["params"][net]["body"]["dense_0"]["kernel"][width:]) != 0), net
     want = m["plain"]
     assert not np.allclose(m["other"]["loss"], want["loss"], rtol=1e-3)
     np.testing.assert_allclose(m["padded"]["loss"], want["loss"], rtol=2e-6, atol=1e-6)
@@ -349,6 +354,168 @@ def test_losses_refuse_bad_pairs():
         aet.vae.loss(model, variables, (x, c[:4]), key)
     with pytest.raises(ValueError, match="no condition was given"):
         model.apply(variables, x, method="encode")
+
+
+# --------------------------------------------------------------------------- HVAE and RHVAE: potential, metric, sampler
+
+
+def _rhvae(n_conditions: int = 0, condition_dim: int = 0, n_centroids: int = 5):
+    """The CLI's RHVAE recipe on 12 features with ``n_centroids`` centroids, conditional when asked."""
+    r = builders.build("rhvae", (N_IN,), latent_dim=2, hidden=(8,), n_centroids=n_centroids, K=1)
+    if not (n_conditions or condition_dim):
+        return r
+    model = r.model.clone(n_conditions=n_conditions, condition_dim=condition_dim)
+    return r._replace(model=model, loss=functools.partial(r.loss.func, model, **r.loss.keywords))
+
+
+def _hamiltonian_recipe(name: str, **condition):
+    return _rhvae(**condition) if name == "rhvae" else _recipe(name, **condition)
+
+
+@pytest.mark.parametrize("name", ["hvae", "rhvae"])
+def test_hamiltonian_models_take_covariates_as_they_are(name):
+    """condition_dim: a shift of one covariate by t equals adding t times its kernel row to the first-layer
+    bias of every network that sees the condition (encoder, decoder, and the RHVAE's metric network):
+    the same loss, with the same key (the same z₀, momenta and leapfrog path)."""
+    r = _hamiltonian_recipe(name, condition_dim=2)
+    x, _ = _batch()
+    cov = jnp.asarray(np.random.default_rng(1).normal(size=(6, 2)), jnp.float32)
+    variables = r.model.init(jax.random.key(0), (x, cov))
+    shifted = jax.tree_util.tree_map(lambda a: a, variables["params"])
+    for net, width in _conditioned_nets(shifted, N_IN, 2):
+        layer = shifted[net]["body"]["dense_0"]
+        assert layer["kernel"].shape[0] == width + 2, net
+        layer["bias"] = layer["bias"] + 0.7 * layer["kernel"][width + 1]
+    loss, moved = jax.jit(functools.partial(r.loss, key=jax.random.key(2))), cov.at[:, 1].add(0.7)
+    want, got, unmoved = loss({**variables, "params": shifted}, (x, cov)), loss(variables, (x, moved)), \
+        loss(variables, (x, cov))
+    assert np.isfinite(want)
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    assert not np.allclose(got, unmoved, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["hvae", "rhvae"])
+def test_hamiltonian_models_evaluate_log_p_x_given_c(name):
+    """aet.evaluate.marginal_loglikelihood of a conditional HVAE/RHVAE at a constant label equals the
+    unconditional model's at the absorbed parameters (same key); another label gives another log p(x|c).
+    (Their ``aet.evaluate.elbo`` is their ``elbo``, the loss's "elbo" metric that
+    ``test_every_supported_model_is_conditional`` compares.)"""
+    cond, plain = _hamiltonian_recipe(name, n_conditions=K), _hamiltonian_recipe(name)
+    x, c = _batch()
+    variables = cond.model.init(jax.random.key(3), (x, c))
+    absorbed = {**plain.model.init(jax.random.key(3), x), "params": _absorb_label(variables["params"], 2, N_IN, 2)}
+    key, two = jax.random.key(5), jnp.full(6, 2, jnp.int32)
+    ll = lambda m, v, d: np.asarray(aet.evaluate.marginal_loglikelihood(m, v, d, key, 8))  # noqa: E731
+    want = ll(plain.model, absorbed, x)
+    assert np.all(np.isfinite(want))
+    np.testing.assert_allclose(ll(cond.model, variables, (x, two)), want, rtol=2e-6, atol=1e-5)
+    assert not np.allclose(ll(cond.model, variables, (x, jnp.zeros(6, jnp.int32))), want, rtol=1e-4)
+
+
+def test_rhvae_metric_at_a_constant_label_is_the_unconditional_metric():
+    """The metric of a conditional RHVAE built from centroid pairs (xᵢ, c₀) (centroids μ(xᵢ, c₀), factors
+    L_ψ(xᵢ, c₀)) is the unconditional RHVAE's metric from xᵢ at the absorbed parameters: the same stored
+    centroids and Mᵢ, the same G⁻¹(z), the same loss with metric_source="centroids"; the
+    centroid selection on (x, c₀) picks the same rows; another label gives another metric."""
+    cond, plain = _rhvae(n_conditions=K), _rhvae()
+    x, c = _batch(10)
+    variables = cond.model.init(jax.random.key(3), (x, c))
+    assert variables["metric"]["condition"].shape == (5,)
+    absorbed = {**plain.model.init(jax.random.key(3), x), "params": _absorb_label(variables["params"], 1, N_IN, 2)}
+    one, key = jnp.full(10, 1, jnp.int32), jax.random.key(7)
+    picked = aet.rhvae.select_centroid_data(cond.model, variables, (x, one), key)
+    np.testing.assert_array_equal(picked[0], aet.rhvae.select_centroid_data(plain.model, absorbed, x, key))
+    np.testing.assert_array_equal(picked[1], jnp.ones(5, jnp.int32))
+    cv = aet.rhvae.update_metric(cond.model, variables, picked)
+    pv = aet.rhvae.update_metric(plain.model, absorbed, picked[0])
+    stored_x, stored_c = aet.rhvae.centroid_data(cond.model, cv)
+    assert stored_c.dtype == jnp.int32
+    np.testing.assert_array_equal(stored_c, picked[1])
+    np.testing.assert_array_equal(stored_x, picked[0])
+    for k in ("centroids", "M"):
+        np.testing.assert_allclose(cv["metric"][k], pv["metric"][k], rtol=2e-6, atol=1e-7, err_msg=k)
+    z = jax.random.normal(jax.random.key(8), (7, 2))
+    want = np.asarray(aet.rhvae.G_inv(plain.model, pv, z))
+    np.testing.assert_allclose(aet.rhvae.G_inv(cond.model, cv, z), want, rtol=2e-6, atol=1e-7)
+    # the loss with the metric recomputed from the stored centroid pairs (metric_source="stored" uses the
+    # stored centroids and Mᵢ compared above)
+    got, want_loss = jax.jit(lambda cv, pv: (cond.loss(cv, (x, one), key, metric_source="centroids"),
+                                             plain.loss(pv, x, key, metric_source="centroids")))(cv, pv)
+    np.testing.assert_allclose(got, want_loss, rtol=2e-6)
+    other = aet.rhvae.update_metric(cond.model, variables, (picked[0], jnp.zeros(5, jnp.int32)))
+    assert not np.allclose(aet.rhvae.G_inv(cond.model, other, z), want, rtol=1e-3)
+
+
+def test_rhvae_samples_its_metric_and_decodes_under_the_condition():
+    """aet.sample(rhvae, ..., condition=c): codes from the metric's density (the same key, the same codes for
+    every condition), decoded with p(x|z, c); a missing condition or a label out of range is refused."""
+    r = _rhvae(n_conditions=K)
+    x, c = _batch(10)
+    variables = r.model.init(jax.random.key(0), (x, c))
+    variables = aet.rhvae.update_metric(r.model, variables, (x[:5], c[:5]))
+    labels, key = jnp.array([0, 1, 2, 1]), jax.random.key(1)
+    s = aet.sample(r.model, variables, key, 4, condition=labels, n_steps=3, n_leapfrog=2)
+    s0 = aet.sample(r.model, variables, key, 4, condition=jnp.zeros(4, jnp.int32), n_steps=3, n_leapfrog=2)
+    assert s.z.shape == (4, 2) and s.x.shape == (4, N_IN)
+    np.testing.assert_array_equal(s.z, s0.z)
+    decoded = aet.decoders.decoder_mean(r.model.decoder, aet.base.decode(r.model, variables, s.z, labels))
+    np.testing.assert_allclose(s.x, decoded, rtol=1e-6)
+    np.testing.assert_allclose(s.x[0], s0.x[0], rtol=1e-6)
+    assert not np.allclose(s.x[1], s0.x[1], rtol=1e-3)
+    with pytest.raises(ValueError, match="pass `condition`"):
+        aet.sample(r.model, variables, key, 4)
+    with pytest.raises(ValueError, match=r"`condition` holds 1 label\(s\) outside \[0, 3\)"):
+        aet.sample(r.model, variables, key, 4, condition=jnp.array([0, 1, 2, 3]))
+
+
+def test_hamiltonian_models_refuse_bad_pairs():
+    """Labels outside [0, n_conditions), data without labels, and pairs given to an unconditional RHVAE's
+    metric functions: ValueError naming the argument."""
+    hv, rh, plain = _recipe("hvae", n_conditions=K), _rhvae(n_conditions=K), _rhvae()
+    x, c = _batch(10)
+    key = jax.random.key(1)
+    hvv, rhv = hv.model.init(key, (x, c)), rh.model.init(key, (x, c))
+    for r, v in ((hv, hvv), (rh, rhv)):
+        with pytest.raises(ValueError, match=r"`x\[1\] \(the condition\)` holds 1 label\(s\) outside \[0, 3\)"):
+            r.loss(v, (x, c.at[0].set(3)), key)
+        with pytest.raises(ValueError, match=r"`x` must be the pair \(x, c\)"):
+            r.loss(v, x, key)
+    with pytest.raises(ValueError, match=r"`x_centroids` must be the pair \(x, c\)"):
+        aet.rhvae.update_metric(rh.model, rhv, x[:5])
+    with pytest.raises(ValueError, match=r"`x_centroids\[1\] \(the condition\)` holds 1 label\(s\) outside"):
+        aet.rhvae.update_metric(rh.model, rhv, (x[:5], jnp.array([0, 1, 2, -1, 0])))
+    with pytest.raises(ValueError, match=r"`x` must be the pair \(x, c\)"):
+        aet.rhvae.select_centroid_data(rh.model, rhv, x, key)
+    with pytest.raises(ValueError, match="`x_centroids` is a tuple, but RHVAE is not conditional"):
+        aet.rhvae.update_metric(plain.model, plain.model.init(key, x), (x[:5], c[:5]))
+    with pytest.raises(ValueError, match="no condition was given"):
+        rh.model.apply(rhv, x, method="metric_factor")
+    with pytest.raises(ValueError, match="no stored centroid conditions"):
+        aet.rhvae.centroid_data(rh.model, {**rhv, "metric": {k: v for k, v in rhv["metric"].items()
+                                                             if k != "condition"}})
+
+
+@pytest.mark.slow
+def test_conditional_rhvae_fits_digit_pairs_and_its_centroids_are_pairs(digits):
+    """fit on Dataset(x, y) of the digits: the end-of-epoch update stores training pairs (xᵢ, yᵢ) (each stored
+    row is a training digit with its own label) and the centroids are μ(xᵢ, yᵢ) at the final parameters
+    (with other labels the codes differ)."""
+    train, _ = digits
+    r = builders.build("rhvae", (64,), latent_dim=2, hidden=(16,), n_centroids=8, K=1)
+    model = r.model.clone(n_conditions=10)
+    loss = functools.partial(r.loss.func, model, **r.loss.keywords)
+    xs, ys = np.asarray(train.x[:128]), np.asarray(train.y[:128])
+    variables, history = aet.train.fit(model, loss, aet.data.Dataset(xs, ys), key=jax.random.key(0), epochs=1,
+                                       batch_size=64, progress=False)
+    assert np.all(np.isfinite(history["train"]["loss"]))
+    stored_x, stored_y = aet.rhvae.centroid_data(model, variables)
+    for xi, yi in zip(np.asarray(stored_x), np.asarray(stored_y)):
+        rows = np.flatnonzero(np.all(xs == xi, axis=1))
+        assert rows.size and yi in ys[rows]
+    assert len(np.unique(np.asarray(stored_y))) > 1
+    mu = lambda y: aet.encoders.encoder_mean(model.encoder, aet.base.encode(model, variables, (stored_x, y)))  # noqa: E731
+    np.testing.assert_allclose(variables["metric"]["centroids"], mu(stored_y), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(variables["metric"]["centroids"], mu((stored_y + 1) % 10), atol=1e-3)
 
 
 # --------------------------------------------------------------------------- the command line

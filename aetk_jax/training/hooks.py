@@ -7,7 +7,8 @@ models registered here, and only these, train differently:
 
 * ``RHVAE`` — after every epoch the stored metric (centroids cᵢ and matrices
   Mᵢ) is recomputed from centroid data chosen on the whole training set
-  (``rhvae.select_centroid_data`` then ``rhvae.update_metric``).
+  (``rhvae.select_centroid_data`` then ``rhvae.update_metric``; for a conditional
+  RHVAE the training set is the pair (x, y), and the centroids are chosen pairs).
 * ``InfoMaxVAE`` — two phases of one step (:class:`aet.train.Phase`): the
   encoder/decoder on ``loss_fn`` with the ``"vae"`` optimizer, then the critic
   (``params["mi_network"]``) on ``infomaxvae.mi_loss`` with the ``"mi"``
@@ -58,12 +59,13 @@ def make_trainer(model: nn.Module, loss_fn: LossFn, optimizer: Any) -> Trainer:
 @make_trainer.register(rhvae.RHVAE)
 def _rhvae_trainer(model: rhvae.RHVAE, loss_fn: LossFn, optimizer: Any) -> Trainer:
     """The default trainer plus, after every epoch, the metric update from centroid data
-    chosen by ``rhvae.select_centroid_data`` on the whole training set ``x``; its k-means key is
+    chosen by ``rhvae.select_centroid_data`` on the whole training set ``x`` (the pair ``(x, y)``
+    for a conditional model: codes μ(x, y), factors L_ψ(x, y)); its k-means key is
     ``rhvae.centroid_key(variables, state.step)`` (the stored seed comes from the init key, so
     from ``fit``'s ``key``; a function of the state, so a resumed run picks the same centroids)."""
     base = make_trainer.dispatch(object)(model, loss_fn, optimizer)
 
-    def end_epoch(state: TrainState, x: jax.Array) -> TrainState:
+    def end_epoch(state: TrainState, x: Any) -> TrainState:
         variables = state.variables
         key = rhvae.centroid_key(variables, state.step)
         new = rhvae.update_metric(model, variables, rhvae.select_centroid_data(model, variables, x, key))
