@@ -52,7 +52,7 @@ def mnist_synthetic(n: int, *, seed: int = 0, dim: int = 784, code_dim: int = 10
 
 def load(dataset: str, n: int) -> np.ndarray:
     """``n`` examples of ``dataset`` (digits has 1438; they are repeated when more are asked for)."""
-    if dataset == "digits":
+    if dataset in ("digits", "digits-b64"):
         x = digits_binary()
         if n > len(x):  # repeat the set to reach n examples (only for large scaling batches)
             x = np.concatenate([x] * (n // len(x) + 1))

@@ -14,7 +14,19 @@ The step is ``aet.train.make_trainer(model, loss, optax.adam(lr)).step`` under
 trainer's ``end_epoch`` (RHVAE's metric update), exactly ``fit``'s inner loop.
 Compile time is ``lower`` (tracing) plus ``compile`` (XLA) of that function,
 measured once per setting; steps and epochs call the compiled executable and
-wait for its outputs with ``jax.block_until_ready``.
+wait for its outputs with ``jax.block_until_ready``. ``fit``'s own compile cost,
+recompiles included, is measured by running ``aet.train.fit`` itself
+(:meth:`JaxRunner.fit_compile`): the excess of its first two epochs over two
+steady ones.
+
+The FLOP floor of a step (:func:`floor`): XLA's flop count of the compiled step
+(``cost_analysis``) divided by this machine's measured rate for the network's
+own matrix products (:func:`matmul_rate`: every dense layer's forward product
+and the two backward ones, at the setting's batch size, timed as one compiled
+program). It is the time the step would take if every one of its flops ran at
+the speed of its matrix products; elementwise work (exp, softplus, the
+leapfrog's arithmetic) runs slower than that, so for HVAE/RHVAE it is a loose
+lower bound.
 """
 from __future__ import annotations
 
@@ -183,6 +195,21 @@ class JaxRunner:
         t2 = time.perf_counter()
         return {"epoch_compile_s": t1 - t0, "end_epoch_compile_s": t2 - t1}
 
+    def fit_compile(self, x_epoch: np.ndarray, epochs: int = 5) -> dict[str, Any]:
+        """``aet.train.fit`` itself for ``epochs`` epochs: the wall time of each epoch (from the call
+        to the first epoch's end, then between epoch ends) and the compile excess, the first two
+        epochs' time minus twice the median of the later ones (tracing, compiling and any
+        recompile, with ``fit``'s set-up)."""
+        ends: list[float] = []
+        t0 = time.perf_counter()
+        aet.train.fit(self.model, self.loss_fn, x_epoch, key=jax.random.key(7), optimizer=self.optimizer,
+                      epochs=epochs, batch_size=self.s.batch_size, progress=False, variables=self.variables,
+                      callbacks=[lambda e, v, h: ends.append(time.perf_counter()) and None])
+        times = np.diff([t0, *ends])
+        steady = float(np.median(times[2:])) if len(times) > 2 else float("nan")
+        return {"fit_epoch_s": [float(t) for t in times],
+                "fit_compile_excess_s": float(times[0] + times[1] - 2 * steady)}
+
     def epoch(self, seed: int) -> tuple[float, float]:
         """(wall, CPU) seconds for one compiled epoch plus ``end_epoch`` (what ``fit`` runs per epoch)."""
         key = jax.random.fold_in(self.run_key, 1000 + seed)
@@ -193,6 +220,65 @@ class JaxRunner:
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         self.state = state
         return dt, dc
+
+
+def dense_shapes(s: Setting) -> list[tuple[int, int]]:
+    """``(fan_in, fan_out)`` of every dense layer of the setting's encoder and decoder (heads included)."""
+    enc = [s.input_dim, *s.hidden]
+    dec = [s.latent_dim, *s.hidden[::-1], s.input_dim]
+    layers = list(zip(enc[:-1], enc[1:])) + [(s.hidden[-1], 2 * s.latent_dim)] + list(zip(dec[:-1], dec[1:]))
+    return [(int(a), int(b)) for a, b in layers]
+
+
+def matmul_rate(s: Setting, n: int = 30) -> dict[str, float]:
+    """This machine's rate (GFLOP/s) for the network's matrix products at batch ``s.batch_size``.
+
+    One compiled program computes, for every dense layer (n_in, n_out), the forward product
+    (B, n_in)·(n_in, n_out) and the backward ones (n_in, B)·(B, n_out) and (B, n_out)·(n_out, n_in);
+    the rate is their 2·B·n_in·n_out·3 flops over the median wall time of ``n`` calls.
+    """
+    b, key = s.batch_size, jax.random.key(0)
+    shapes = dense_shapes(s)
+    args = []
+    for i, (a, o) in enumerate(shapes):
+        k1, k2, k3 = jax.random.split(jax.random.fold_in(key, i), 3)
+        args.append((jax.random.normal(k1, (b, a)), jax.random.normal(k2, (a, o)), jax.random.normal(k3, (b, o))))
+
+    @jax.jit
+    def products(args):
+        return [(x @ w, x.T @ g, g @ w.T) for x, w, g in args]
+
+    flops = float(sum(3 * 2 * b * a * o for a, o in shapes))
+    jax.block_until_ready(products(args))
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        jax.block_until_ready(products(args))
+        ts.append(time.perf_counter() - t0)
+    sec = float(np.median(ts))
+    return {"gflops_per_s": flops / sec / 1e9, "flops": flops, "ms": sec * 1e3}
+
+
+def step_flops(compiled: Any) -> Optional[float]:
+    """XLA's flop count of a compiled computation (``None`` where the backend reports none)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", 0.0))
+    return flops if flops > 0 else None
+
+
+def floor(runner: "JaxRunner", step_ms: Optional[float]) -> dict[str, Any]:
+    """The step's FLOP floor (ms) and how far the measured median step time is above it."""
+    flops = step_flops(runner.compiled)
+    rate = matmul_rate(runner.s)
+    out: dict[str, Any] = {"step_gflop": None if flops is None else flops / 1e9, "matmul": rate}
+    if flops is not None:
+        out["floor_ms"] = flops / (rate["gflops_per_s"] * 1e9) * 1e3
+        out["step_over_floor"] = None if step_ms is None else step_ms / out["floor_ms"]
+    return out
 
 
 def versions() -> dict[str, str]:

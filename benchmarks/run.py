@@ -252,6 +252,11 @@ def bench_model(s: Setting, suite: Suite, x_steps: Any, x_epoch: Any, device: st
                                                            rec["aetk_jax"]["epoch_cpu_s"]))
         log(f"  {s.model}: epoch ({n_steps} steps) aetk_jax {rec['aetk_jax']['epoch_s']:.3f} s, pythae loop "
             f"{rec['pythae']['epoch_loop_s']:.3f} s / trainer {rec['pythae']['epoch_trainer_s']:.3f} s")
+        rec["aetk_jax"].update(jr.fit_compile(x_epoch))
+        rec["floor"] = jax_side.floor(jr, rec["aetk_jax"]["step"].get("median_ms"))
+        log(f"  {s.model}: fit compile excess {rec['aetk_jax']['fit_compile_excess_s']:.1f} s; step "
+            f"{rec['floor'].get('step_over_floor') or float('nan'):.2f}x its FLOP floor "
+            f"({rec['floor'].get('floor_ms') or float('nan'):.2f} ms at {rec['floor']['matmul']['gflops_per_s']:.1f} GFLOP/s)")
         rec["_runners"] = (jr, tr)  # for profiling; removed before writing
     except Exception as e:  # noqa: BLE001
         rec.update(status="error", error=_err(e))
