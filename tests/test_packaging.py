@@ -10,7 +10,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-IMPORT_NAME = {"scikit-learn": "sklearn"}
+IMPORT_NAME = {"scikit-learn": "sklearn", "orbax-checkpoint": r"orbax\.checkpoint"}
 
 
 def _project():
