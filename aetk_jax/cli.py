@@ -191,10 +191,6 @@ def _check_model_options(cfg: dict[str, Any]) -> None:
             raise UserError(f"--curvature applies to --model pvae, not {cfg['model']}")
         if not cfg["curvature"] > 0:  # also NaN
             raise UserError(f"--curvature must be > 0, got {cfg['curvature']}")
-    if cfg["condition_on_labels"] and cfg["model"] in ("vqvae", "hrqvae"):
-        raise UserError(f"--condition-on-labels with --model {cfg['model']}: the run's per-class sample plot "
-                        "does not fit the code prior yet; build the model with aet.VQVAE(..., n_conditions=n) "
-                        "in Python (aet.vqvae.fit_code_prior fits one prior per label)")
 
 
 def _conditioned(recipe, cfg: dict[str, Any], train_ds: Any):

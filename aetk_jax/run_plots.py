@@ -96,6 +96,10 @@ def conditional_plots(recipe, variables, train, val, out: str, key, n_per_class:
         from . import rae
 
         variables = rae.fit_code_density(model, variables, (jnp.asarray(train.x), jnp.asarray(train.y)), key=key)
+    if recipe.name in ("vqvae", "hrqvae"):  # and VQ models from one code prior per label, p(k | y)
+        from . import vqvae
+
+        variables = vqvae.fit_code_prior(model, variables, (jnp.asarray(train.x), jnp.asarray(train.y)))
     labels = list(range(min(int(model.n_conditions), plots.MAX_EXAMPLES)))
     k_z = jax.random.fold_in(key, 1)  # the same key for every label: the same codes in every row
     rows = [np.asarray(sampling.sample(model, variables, k_z, n_per_class, condition=jnp.full(n_per_class, c)).x)

@@ -526,7 +526,7 @@ def test_conditional_code_prior_is_fitted_per_label_and_sampled_under_the_label(
 def test_cli_vq_recipes_restart_codes_unless_told_not_to(tmp_path, capsys):
     """`aet train --model vqvae` restarts codes unused for 20 steps (without restarts the CLI's VQ-VAE used
     a single code after 3 epochs); --no-code-restarts turns them off and is recorded; it is refused for
-    other models, as is --condition-on-labels for the VQ models (their per-class plot needs a fitted prior)."""
+    other models."""
     digits = aet.data.load_digits()[0]
     for argv, want in ((["--model", "vqvae"], 20), (["--model", "hrqvae", "--no-code-restarts"], 0)):
         out, cfg = cli.resolve_config(cli._parser().parse_args(["train", *argv, "--out", str(tmp_path / "r")]))
@@ -534,9 +534,24 @@ def test_cli_vq_recipes_restart_codes_unless_told_not_to(tmp_path, capsys):
         model = cli._recipe(cfg, digits).model
         assert model.restart_after == want and vqvae.has_codebook_updates(model) == (want > 0)
     assert builders.build("vqvae", (64,), restart_after=5).model.restart_after == 5
-    for argv, match in ((["--model", "vae", "--no-code-restarts"], "--no-code-restarts applies to"),
-                        (["--model", "vqvae", "--condition-on-labels"], "--condition-on-labels with --model vqvae")):
-        assert cli.main(["train", *argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
-        assert match in capsys.readouterr().err
+    assert cli.main(["train", "--model", "vae", "--no-code-restarts", "--out", str(tmp_path / "x"),
+                     "--no-progress"]) == 2
+    assert "--no-code-restarts applies to" in capsys.readouterr().err
     with pytest.raises(ValueError, match="restart_after"):
         builders.build("vae", (64,), restart_after=3)
+
+
+@pytest.mark.parametrize("name", ["vqvae", "hrqvae"])
+def test_cli_conditional_vq_runs_plot_samples_per_class_from_a_per_label_prior(name, tmp_path):
+    """--condition-on-labels with a VQ model: the run's plots fit one code prior per label and draw every class."""
+    from aetk_jax import run_plots
+
+    train, val = aet.data.load_digits()
+    _, cfg = cli.resolve_config(cli._parser().parse_args(["train", "--model", name, "--condition-on-labels",
+                                                          "--out", str(tmp_path / "r")]))
+    recipe = cli._recipe(cfg, train)
+    assert recipe.model.n_conditions == 10
+    variables = recipe.model.init(jax.random.key(0), (jnp.asarray(train.x[:2]), jnp.asarray(train.y[:2])))
+    paths = run_plots.conditional_plots(recipe, variables, train, val, str(tmp_path), jax.random.key(1))
+    assert {os.path.basename(p) for p in paths} == {"latent.png", "reconstructions.png", "samples_per_class.png"}
+    assert all(os.path.getsize(p) > 0 for p in paths)
