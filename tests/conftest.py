@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from typing import NamedTuple
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+
+# XLA compilation dominates this suite's time (a small test compiles more than it computes), and many
+# tests compile the same programs: a persistent compilation cache shared by the xdist workers reuses
+# them within a run and across runs. Keyed by the program, the flags and the jax version, so a hit is
+# the same executable; AETK_TEST_XLA_CACHE="" turns it off.
+_CACHE = os.environ.get("AETK_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), "aetk_jax-test-xla-cache"))
+if _CACHE:
+    jax.config.update("jax_compilation_cache_dir", _CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -148,17 +148,28 @@ def test_mmdvae_loss_finite(x, key, alpha, extra):
     beta0=st.floats(0.05, 1.0), tempering=st.sampled_from([aet.hvae.quadratic_tempering, aet.hvae.null_tempering]),
 )
 def test_hvae_loss_finite(x, key, eps, beta0, tempering):
-    model, v = HVAE
-    out = aet.hvae.loss(model, v, x, key, K=3, eps=eps, beta0=beta0, tempering=tempering, aux=True)
+    out = _hvae_loss(x, key, eps, beta0, tempering)
     assert _all_finite(out)
+
+
+# the step size and β₀ enter traced, so each example reuses one compiled loss (not one per value)
+@functools.partial(jax.jit, static_argnames=("tempering",))
+def _hvae_loss(x, key, eps, beta0, tempering):
+    model, v = HVAE
+    return aet.hvae.loss(model, v, x, key, K=3, eps=eps, beta0=beta0, tempering=tempering, aux=True)
+
+
+@jax.jit
+def _rhvae_loss(x, key, eps, beta0):
+    model, v = RHVAE
+    return aet.rhvae.loss(model, v, x, key, K=3, eps=eps, beta0=beta0, n_fixed_point=5, aux=True)
 
 
 @pytest.mark.slow
 @SETTINGS
 @given(x=unit_data(), key=keys, eps=st.floats(1e-5, 0.05), beta0=st.floats(0.05, 1.0))
 def test_rhvae_loss_finite(x, key, eps, beta0):
-    model, v = RHVAE
-    out = aet.rhvae.loss(model, v, x, key, K=3, eps=eps, beta0=beta0, n_fixed_point=5, aux=True)
+    out = _rhvae_loss(x, key, eps, beta0)
     assert _all_finite(out)
 
 
