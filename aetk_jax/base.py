@@ -170,16 +170,16 @@ def check_conditioning(n_conditions: Any, condition_dim: Any, prior: Any = None)
         )
 
 
-def split_condition(model: Any, x: Any) -> tuple[Any, Any]:
+def split_condition(model: Any, x: Any, name: str = "x") -> tuple[Any, Any]:
     """``(data, c)`` of a loss's input: the pair ``(x, c)`` of a conditional model, ``(x, None)`` otherwise.
 
-    ``ValueError`` when a conditional model gets no pair.
+    ``ValueError`` (naming the argument ``name``) when a conditional model gets no pair.
     """
     if not is_conditional(model):
         return x, None
     if not (isinstance(x, (tuple, list)) and len(x) == 2):
         raise ValueError(
-            f"`x` must be the pair (x, c) for the conditional {type(model).__name__} ({_describe_condition(model)}), "
+            f"`{name}` must be the pair (x, c) for the conditional {type(model).__name__} ({_describe_condition(model)}), "
             f"got {type(x).__name__}"
         )
     return x[0], x[1]
@@ -246,7 +246,7 @@ def check_inputs(model: nn.Module, x: Any, key: Any = _NO_KEY, *, name: str = "x
             f"`{name}` is a {type(x).__name__}, but {type(model).__name__} is not conditional "
             "(n_conditions = condition_dim = 0): pass the data array alone"
         )
-    data, c = split_condition(model, x)
+    data, c = split_condition(model, x, name)
     check_array(data, name, data_shape=data_shape(model))
     if c is not None:
         check_condition(model, c, int(data.shape[0]), name=f"{name}[1] (the condition)")

@@ -287,14 +287,6 @@ def metric_fn(model: nn.Module, variables: Variables) -> Callable[[jax.Array], j
     return fn
 
 
-def _check_data(model: nn.Module, x: Any, name: str) -> None:
-    """``check_inputs`` with the argument's name also in the message for a missing pair."""
-    if is_conditional(model) and not (isinstance(x, (tuple, list)) and len(x) == 2):
-        raise ValueError(f"`{name}` must be the pair (x, c) for the conditional {type(model).__name__}, "
-                         f"got {type(x).__name__}")
-    check_inputs(model, x, name=name)
-
-
 def update_metric(model: nn.Module, variables: Variables, x_centroids: Any) -> Variables:
     """Recompute the stored metric from centroid data (jit-able).
 
@@ -312,7 +304,7 @@ def update_metric(model: nn.Module, variables: Variables, x_centroids: Any) -> V
     Returns:
         New ``variables``.
     """
-    _check_data(model, x_centroids, "x_centroids")
+    check_inputs(model, x_centroids, name="x_centroids")
     n = batch_size(x_centroids)
     if n < model.n_centroids:
         raise ValueError(
@@ -397,7 +389,7 @@ def select_centroid_data(
         ``(n_centroids, *data_shape)`` (the pair of them for a conditional model).
     """
     if is_conditional(model):
-        _check_data(model, x, "x")
+        check_inputs(model, x)
     else:
         check_array(x, "x")
     n = batch_size(x)
