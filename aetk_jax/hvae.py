@@ -141,7 +141,7 @@ def leapfrog_step(
         ``(z̄, ρ̄, ∇U(z̄))`` so a chain of steps costs one gradient per step.
     """
     state, _ = _integrators.leapfrog(potential_grad)(_integrators.IntegratorState(z, rho, grad_z), eps)
-    return state
+    return state.position, state.momentum, state.potential_grad
 
 
 def leapfrog(potential_grad: PotentialGrad, z: jax.Array, rho: jax.Array, eps: Any) -> tuple[jax.Array, jax.Array]:

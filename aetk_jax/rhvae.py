@@ -98,7 +98,8 @@ from .hamiltonian.metrics import kinetic_metric
 from .hamiltonian.tempering import null_tempering, quadratic_tempering  # noqa: F401  (re-exported)
 from .hvae import potential_energy
 from .rhvae_metric import (  # noqa: F401  (the metric's public names are this module's too)
-    G_inv, Metric, MetricNetwork, capped_exp, centroid_data, centroid_key, inverse_metric, log_volume,
+    G_inv, Metric, MetricNetwork, capped_exp, centroid_data, centroid_key, inverse_metric, inverse_metric_jacobian,
+    log_volume,
     logdet_inverse, metric_factors, metric_fn, metric_from_data, metric_tensor, momentum_metric,
     riemannian_logprior, select_centroid_data, stored_metric, update_metric,
 )
@@ -396,7 +397,7 @@ def phase_space(model: RHVAE, variables: Variables, x: jax.Array, key: jax.Array
     step = _integrators.implicit_leapfrog(
         grad_v, momentum, _integrators.fixed_point_iteration(cfg.n_fixed_point, cfg.fixed_point_tol))
     return _flow.tempered_flow(model, variables, x, key, cfg, metric=momentum, potential_grad=grad_v, step=step,
-                               enc_out=enc_out, flow_gradient=cfg.flow_gradient)
+                               enc_out=enc_out, flow_gradient=cfg.flow_gradient, carry_kinetic_cache=True)
 
 
 def _checked_elbo(ps: PhaseSpace, fixed_point_tol: Any) -> jax.Array:
@@ -499,6 +500,7 @@ __all__ = [
     "log_volume",
     "metric_fn",
     "inverse_metric",
+    "inverse_metric_jacobian",
     "logdet_inverse",
     "stored_metric",
     "metric_factors",

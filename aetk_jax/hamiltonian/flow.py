@@ -35,7 +35,7 @@ import numpy as np
 from ..base import Variables, encode, log_prior, loglikelihood
 from ..encoders import encoder_logposterior, encoder_sample
 from ..validation import check_int, check_scalar
-from .integrators import IntegratorState
+from .integrators import IntegratorState, kinetic_cache
 from .metrics import Metric
 from .tempering import Tempering, check_beta0, quadratic_tempering, temper_schedule, tempered_momentum, tempering_logdet
 
@@ -154,12 +154,13 @@ def _run(step: Callable, state: IntegratorState, eps: jax.Array, betas: jax.Arra
 
     def body(s: IntegratorState, b: jax.Array) -> tuple[IntegratorState, jax.Array]:
         new, info = step(s, eps)
-        z, rho = new.position, new.momentum
+        z, rho, grad, cache = new
         if flow_gradient == "detached":  # the flow's moves are constants to the optimiser (pythae)
             z = s.position + jax.lax.stop_gradient(z - s.position)
             rho = s.momentum + jax.lax.stop_gradient(rho - s.momentum)
+            grad, cache = jax.lax.stop_gradient((grad, cache))  # only the (detached) moves read them
         res = jnp.zeros(z.shape[:-1], z.dtype) if info is None else info.max_norm()
-        return IntegratorState(z, tempered_momentum(rho, b[0], b[1]), new.potential_grad), res
+        return IntegratorState(z, tempered_momentum(rho, b[0], b[1]), grad, cache), res
 
     end, residuals = jax.lax.scan(body, state, (betas[:-1], betas[1:]))
     return end, jnp.max(residuals, axis=0)
@@ -177,6 +178,7 @@ def tempered_flow(
     step: Callable,
     enc_out: Any = None,
     flow_gradient: str = "full",
+    carry_kinetic_cache: bool = False,
 ) -> FlowTerms:
     """Encode, draw (z₀, γ), run K tempered integrator steps and score the path (module docstring).
 
@@ -191,6 +193,9 @@ def tempered_flow(
         step: the integrator, ``step(IntegratorState, eps) -> (state, info)``.
         enc_out: the encoder's output on ``x`` if already computed.
         flow_gradient: ``"full"`` or ``"detached"`` (moves are constants to the optimiser).
+        carry_kinetic_cache: start from ``IntegratorState(..., kinetic_cache(metric, z₀))`` so that
+            an implicit ``step`` passes G⁻¹ and ∂G⁻¹/∂z from one step to the next
+            (``aetk_jax.hamiltonian.integrators.kinetic_cache``).
 
     Returns:
         :class:`FlowTerms`; ``.elbo`` is the per-example estimate.
@@ -206,7 +211,8 @@ def tempered_flow(
     gamma = metric.sample_momentum(rho_key, z0)
     rho0 = gamma / jnp.sqrt(beta0)
     betas = temper_schedule(config.tempering, config.beta0, config.K).astype(z0.dtype)
-    end, residual = _run(step, IntegratorState(z0, rho0, potential_grad(z0)), eps, betas, flow_gradient)
+    cache = kinetic_cache(metric, z0) if carry_kinetic_cache else None
+    end, residual = _run(step, IntegratorState(z0, rho0, potential_grad(z0), cache), eps, betas, flow_gradient)
     zK, rhoK = end.position, end.momentum
     return FlowTerms(
         z0=z0, gamma=gamma, rho0=rho0, zK=zK, rhoK=rhoK,

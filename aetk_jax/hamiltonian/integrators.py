@@ -24,11 +24,16 @@ steps costs one ∇V per step): ``step(state, eps) -> (state, info)``.
   :func:`fixed_point_until` (stops at a tolerance; forward use only). ``info`` is
   :class:`ImplicitInfo` with a :class:`SolverInfo` ``(success, norm, iters)`` per equation.
 
-  When the metric gives ``inverse_mass`` (K = ½ ρᵀ G⁻¹(z) ρ), each sweep at a fixed
-  point z computes G⁻¹(z) and its d directional derivatives once (one
-  ``jax.linearize``) and evaluates ∇_z K(z, ρ) = ½ ρᵀ ∂G⁻¹(z)/∂z ρ by a contraction
-  per iteration, instead of differentiating through G⁻¹ at every iteration; the z̄
-  sweep evaluates G⁻¹(z̄)ρ̃ directly. Otherwise K is differentiated by ``jax.grad``.
+  When the metric gives ``inverse_mass`` (K = ½ ρᵀ G⁻¹(z) ρ), G⁻¹(z) and its d
+  derivatives ∂G⁻¹/∂z_k at a fixed point z (:func:`kinetic_cache`: the metric's
+  closed-form ``inverse_mass_jacobian``, else one ``jax.linearize``) are computed once
+  and ∇_z K(z, ρ) = ½ ρᵀ ∂G⁻¹(z)/∂z ρ is a contraction per iteration, instead of
+  differentiating through G⁻¹ at every iteration; the first z̄ term reuses G⁻¹(z)
+  and the z̄ sweep evaluates G⁻¹(z̄)ρ̃ directly. Otherwise K is differentiated by
+  ``jax.grad``. A state that carries ``kinetic_cache`` (the pair at its position)
+  gets the pair at the new position back, so a chain of K steps computes it K + 1
+  times, not 2K: start the chain from ``IntegratorState(z, ρ, ∇V(z),
+  kinetic_cache(metric, z))``.
 
 Examples must be independent (∇ of a batch sum is the per-example gradient).
 """
@@ -53,11 +58,14 @@ class IntegratorState(NamedTuple):
         position: z, ``(..., d)``.
         momentum: ρ, ``(..., d)``.
         potential_grad: ∇V(z), ``(..., d)``.
+        kinetic_cache: ``(G⁻¹(z), ∂G⁻¹/∂z)`` at the position (:func:`kinetic_cache`) for the
+            implicit leapfrog, carried from step to step; ``None``: computed inside each step.
     """
 
     position: Array
     momentum: Array
     potential_grad: Array
+    kinetic_cache: Any = None
 
 
 class SolverInfo(NamedTuple):
@@ -202,27 +210,40 @@ def leapfrog(potential_grad: Callable[[Array], Array], metric: Optional[Metric] 
         rho_half = state.momentum - half * state.potential_grad
         z_new = state.position + eps * velocity(state.position, rho_half)
         grad_new = potential_grad(z_new)
-        return IntegratorState(z_new, rho_half - half * grad_new, grad_new), None
+        return IntegratorState(z_new, rho_half - half * grad_new, grad_new, state.kinetic_cache), None
 
     return step
 
 
-def _kinetic_grads(metric: Metric) -> tuple[Callable, Callable]:
-    """``at(z) -> ρ ↦ ∇_z K(z, ρ)`` (set up once per fixed z) and ``(z, ρ) -> ∇_ρ K(z, ρ)``."""
-    ginv_fn = metric.inverse_mass
-    if ginv_fn is None:
-        dk_dz, dk_drho = sum_grad(metric.kinetic_energy, 0), sum_grad(metric.kinetic_energy, 1)
-        return (lambda z: functools.partial(dk_dz, z)), dk_drho
+def kinetic_cache(metric: Metric, z: Array) -> Optional[tuple[Array, Array]]:
+    """G⁻¹(z) and ∂G⁻¹(z)/∂z for a metric with ``inverse_mass`` (else ``None``).
 
-    def at(z: Array) -> Callable[[Array], Array]:
-        # G⁻¹(z) and ∂G⁻¹/∂z_k for k = 1..d from one linearisation: (d, ..., d, d)
-        _, lin = jax.linearize(ginv_fn, z)
-        d = z.shape[-1]
-        eye = jnp.eye(d, dtype=z.dtype).reshape((d,) + (1,) * (z.ndim - 1) + (d,))
-        jac = jax.vmap(lin)(jnp.broadcast_to(eye, (d,) + z.shape))  # examples independent: e_k for all
-        return lambda rho: 0.5 * jnp.moveaxis(jnp.einsum("...i,k...ij,...j->k...", rho, jac, rho), 0, -1)
+    Args:
+        metric: the momentum :class:`~aetk_jax.hamiltonian.metrics.Metric`.
+        z: positions ``(..., d)``.
 
-    return at, lambda z, rho: jnp.einsum("...ij,...j->...i", ginv_fn(z), rho)
+    Returns:
+        ``(G⁻¹ (..., d, d), J (..., d, d, d))`` with ``J[..., i, j, k] = ∂G⁻¹_ij/∂z_k``: the
+        metric's ``inverse_mass_jacobian`` if it has one, else from one ``jax.linearize``
+        (examples independent: the tangent e_k is set for every example at once).
+    """
+    if metric.inverse_mass is None:
+        return None
+    if metric.inverse_mass_jacobian is not None:
+        return metric.inverse_mass_jacobian(z)
+    ginv, lin = jax.linearize(metric.inverse_mass, z)
+    d = z.shape[-1]
+    eye = jnp.eye(d, dtype=z.dtype).reshape((d,) + (1,) * (z.ndim - 1) + (d,))
+    jac = jax.vmap(lin)(jnp.broadcast_to(eye, (d,) + z.shape))  # (d, ..., d, d)
+    return ginv, jnp.moveaxis(jac, 0, -1)
+
+
+def _kinetic_dz(metric: Metric, z: Array, cache: Optional[tuple[Array, Array]]) -> Callable[[Array], Array]:
+    """ρ ↦ ∇_z K(z, ρ) at a fixed z: ½ ρᵀ ∂G⁻¹/∂z_k ρ from the cache, else autodiff of K."""
+    if cache is None:
+        return functools.partial(sum_grad(metric.kinetic_energy, 0), z)
+    jac = cache[1]
+    return lambda rho: 0.5 * jnp.einsum("...i,...ijk,...j->...k", rho, jac, rho)
 
 
 def implicit_leapfrog(potential_grad: Callable[[Array], Array], metric: Metric, solver: Solver
@@ -235,30 +256,38 @@ def implicit_leapfrog(potential_grad: Callable[[Array], Array], metric: Metric, 
         solver: the fixed-point solver for both implicit equations.
 
     Returns:
-        ``step(state, eps) -> (state, ImplicitInfo)``.
+        ``step(state, eps) -> (state, ImplicitInfo)``; the new state carries the
+        :func:`kinetic_cache` at its position when the given one carried one.
     """
-    kin_dz_at, kin_drho = _kinetic_grads(metric)
+    if metric.inverse_mass is None:
+        kin_drho = sum_grad(metric.kinetic_energy, 1)
+    else:
+        ginv_fn = metric.inverse_mass
+        kin_drho = lambda z, rho: jnp.einsum("...ij,...j->...i", ginv_fn(z), rho)  # noqa: E731
 
     def step(state: IntegratorState, eps: Any) -> tuple[IntegratorState, ImplicitInfo]:
-        z, rho, gv_z = state
+        z, rho, gv_z, carried = state
         half = 0.5 * eps
-        dk_dz = kin_dz_at(z)
+        cache = kinetic_cache(metric, z) if carried is None else carried
+        dk_dz = _kinetic_dz(metric, z, cache)
         # 1. ρ̃ = ρ − ε/2·∇_z H(z, ρ̃), for δ = ρ̃ − ρ
         dr, info_rho = solver(lambda d: -half * (gv_z + dk_dz(rho + d)), jnp.zeros_like(rho), rho)
         rho_t = rho + dr
         # 2. z̄ = z + ε/2·[∇_ρ H(z, ρ̃) + ∇_ρ H(z̄, ρ̃)], for δ = z̄ − z
-        g0 = kin_drho(z, rho_t)
+        g0 = kin_drho(z, rho_t) if cache is None else jnp.einsum("...ij,...j->...i", cache[0], rho_t)
         dz, info_z = solver(lambda d: half * (g0 + kin_drho(z + d, rho_t)), jnp.zeros_like(z), z)
         z_b = z + dz
         # 3. ρ̄ = ρ̃ − ε/2·∇_z H(z̄, ρ̃): explicit
         gv_b = potential_grad(z_b)
-        rho_b = rho_t - half * (gv_b + kin_dz_at(z_b)(rho_t))
-        return IntegratorState(z_b, rho_b, gv_b), ImplicitInfo(info_rho, info_z, rho_t)
+        cache_b = kinetic_cache(metric, z_b)
+        rho_b = rho_t - half * (gv_b + _kinetic_dz(metric, z_b, cache_b)(rho_t))
+        new = IntegratorState(z_b, rho_b, gv_b, None if carried is None else cache_b)
+        return new, ImplicitInfo(info_rho, info_z, rho_t)
 
     return step
 
 
 __all__ = [
     "IntegratorState", "SolverInfo", "ImplicitInfo", "Solver", "sum_grad", "relative_residual",
-    "fixed_point_iteration", "fixed_point_until", "leapfrog", "implicit_leapfrog",
+    "fixed_point_iteration", "fixed_point_until", "leapfrog", "implicit_leapfrog", "kinetic_cache",
 ]

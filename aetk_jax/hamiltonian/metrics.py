@@ -39,12 +39,15 @@ class Metric(NamedTuple):
         inverse_mass: ``z -> G⁻¹(z)`` ``(..., d, d)`` when K = ½ ρᵀ G⁻¹(z) ρ (the
             implicit integrator then computes ∇_z K from one linearisation of G⁻¹ per
             sweep), or ``None`` for any other kinetic energy (plain autodiff).
+        inverse_mass_jacobian: ``z -> (G⁻¹(z), J)`` with ``J[..., i, j, k] = ∂G⁻¹_ij/∂z_k``
+            ``(..., d, d, d)`` in closed form, used instead of that linearisation; or ``None``.
     """
 
     sample_momentum: Optional[Callable[[jax.Array, jax.Array], jax.Array]]
     kinetic_energy: Callable[[jax.Array, jax.Array], jax.Array]
     log_density: Optional[Callable[[jax.Array, jax.Array], jax.Array]]
     inverse_mass: Optional[Callable[[jax.Array], jax.Array]] = None
+    inverse_mass_jacobian: Optional[Callable[[jax.Array], tuple[jax.Array, jax.Array]]] = None
 
 
 def quadratic_form(rho: jax.Array, ginv: jax.Array) -> jax.Array:
@@ -152,12 +155,19 @@ def gaussian_euclidean(inverse_mass_diag: Any = None) -> Metric:
     return Metric(sample_momentum, kinetic_energy, log_density, inverse_mass)
 
 
-def gaussian_riemannian(inverse_metric: Callable[[jax.Array], jax.Array], floor: Any = 0.0) -> Metric:
+def gaussian_riemannian(
+    inverse_metric: Callable[[jax.Array], jax.Array],
+    floor: Any = 0.0,
+    *,
+    inverse_metric_jacobian: Optional[Callable[[jax.Array], tuple[jax.Array, jax.Array]]] = None,
+) -> Metric:
     """A position-dependent Gaussian metric given by its inverse: ρ | z ~ N(0, G(z)).
 
     Args:
         inverse_metric: ``z (..., d) -> G⁻¹(z) (..., d, d)``, symmetric positive-definite.
         floor: a lower bound on the eigenvalues of G⁻¹ (see :func:`logdet_inverse`).
+        inverse_metric_jacobian: optionally ``z -> (G⁻¹(z), ∂G⁻¹/∂z)`` in closed form
+            (``Metric.inverse_mass_jacobian``); the integrators linearise ``inverse_metric`` without it.
 
     Returns:
         A :class:`Metric`: ρ = L⁻ᵀε with G⁻¹ = LLᵀ, ε ~ N(0, I) (reparameterised);
@@ -174,7 +184,7 @@ def gaussian_riemannian(inverse_metric: Callable[[jax.Array], jax.Array], floor:
         ginv = inverse_metric(z)
         return riemannian_logprior(rho, ginv, logdet_inverse(ginv, floor))
 
-    return Metric(sample_momentum, kinetic_energy, log_density, inverse_metric)
+    return Metric(sample_momentum, kinetic_energy, log_density, inverse_metric, inverse_metric_jacobian)
 
 
 def kinetic_metric(kinetic_energy: Callable[[jax.Array, jax.Array], jax.Array]) -> Metric:
