@@ -127,7 +127,9 @@ def centroids_kmeans(x: jax.Array, k: int, key: jax.Array, *, n_iter: int = 20) 
 def _kmeans_jit(x: jax.Array, k: int, key: jax.Array, n_iter: int) -> jax.Array:
     xf = _flat(x)
     n = xf.shape[0]
-    idx = _plusplus_index(key, lambda i: jnp.sum((xf - xf[i]) ** 2, -1), n, k)
+    sq = jnp.sum(xf * xf, -1)
+    # ‖x − xᵢ‖² expanded (a matrix-vector product; a sum over a tiny axis runs slowly in a loop on CPU)
+    idx = _plusplus_index(key, lambda i: jnp.maximum(sq - 2.0 * (xf @ xf[i]) + sq[i], 0.0), n, k)
     centres = xf[idx]
 
     def lloyd(_, c):

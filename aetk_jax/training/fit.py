@@ -316,6 +316,7 @@ def _check_fit_args(model: Any, loss_fn: Any, key: Any, epochs: Any, batch_size:
     check_int(epochs, "epochs", minimum=0)
     check_int(batch_size, "batch_size", minimum=1)
     check_int(opts["keep_checkpoints"], "keep_checkpoints", minimum=1)
+    check_int(opts["metric_update_every"], "metric_update_every", minimum=1)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a flax module, got {type(model).__name__}")
     if not callable(loss_fn):
@@ -531,7 +532,9 @@ def _run_epoch(run: _Run, epoch: int, policy: dict[str, Any]) -> dict[str, float
     host["lr_scale"] = min(float(v) for v in host["scales"]) if host["scales"] else None
     if host["bad_step"] >= 0:
         _check_failure(run, res, host, epoch, policy)
-    if setup.end_epoch is not None:  # streamed: the epoch's last full chunk (streaming.ChunkedEpoch.sample)
+    every = policy["metric_update_every"]
+    if setup.end_epoch is not None and ((epoch + 1) % every == 0 or epoch == policy["epochs"] - 1):
+        # streamed: the epoch's last full chunk (streaming.ChunkedEpoch.sample)
         end_x = setup.run_epoch.sample if isinstance(setup.x, streaming.Source) else setup.x
         run.state = setup.end_epoch(res.state, end_x)
     else:
@@ -590,6 +593,7 @@ def fit(
     nonfinite_factor: float = 0.5,
     divergence_factor: Optional[float] = 1e3,
     chunk_size: Optional[int] = None,
+    metric_update_every: int = 1,
 ) -> tuple[Variables, dict[str, Any]]:
     """Train ``model`` on ``data`` and return ``(variables, history)``.
 
@@ -621,12 +625,18 @@ def fit(
         divergence_factor: a finite loss above L₀ + f·max(|L₀|, 1) fails like a non-finite one (``None``: off).
         chunk_size: stream ``data`` (a memory map, array or random-access source) to the device this many
             examples at a time, a multiple of ``batch_size`` (:mod:`aet.training.streaming`); ``None``: in memory.
+        metric_update_every: run the trainer's end-of-epoch update (the RHVAE's stored metric:
+            k-means selection of centroid data on the training set, then cᵢ and Mᵢ) after every
+            k-th epoch and after the last one (``epochs − 1``); other models have none. With the
+            RHVAE's default ``metric_source="batch"`` the loss never reads the stored metric, so
+            the trained parameters and the final metric do not depend on k.
 
     Returns:
         ``(variables, history)`` with ``history = {"epoch": [...], "train": {metric: [...]}, "val": {...}}``.
     """
     opts = dict(checkpoint_dir=checkpoint_dir, resume=resume, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
-                on_nonfinite=on_nonfinite, nonfinite_factor=nonfinite_factor, divergence_factor=divergence_factor)
+                on_nonfinite=on_nonfinite, nonfinite_factor=nonfinite_factor, divergence_factor=divergence_factor,
+                metric_update_every=metric_update_every)
     _check_fit_args(model, loss_fn, key, epochs, batch_size, opts)
     x, x_val = _check_data(model, data, val_data, batch_size, chunk_size)
     skip = on_nonfinite == "skip"
@@ -641,7 +651,8 @@ def fit(
         elif checkpoint_dir is not None:
             _clear_old_run(checkpoint_dir)
         bar = _progress_bar(model, progress, run.start, epochs)
-        _train_epochs(run, epochs, {**policy, "batch_size": batch_size}, callbacks, checkpoint_dir,
+        _train_epochs(run, epochs, {**policy, "batch_size": batch_size, "epochs": epochs,
+                                    "metric_update_every": metric_update_every}, callbacks, checkpoint_dir,
                       keep_checkpoints, bar, sigint)
     except KeyboardInterrupt as err:
         if isinstance(err, TrainingInterrupted) or run is None or run.done is None:  # still setting up
