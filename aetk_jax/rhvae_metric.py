@@ -39,7 +39,7 @@ from .base import Variables, batch_size, check_inputs, encode, is_conditional, s
 from .encoders import encoder_mean
 from .hamiltonian.metrics import gaussian_riemannian, logdet_inverse, riemannian_logprior  # noqa: F401
 from .hamiltonian.metrics import Metric as MomentumMetric
-from .utils import centroids_kmeans, vec_to_ltri
+from .utils import centroids_kmeans, sq_dists, vec_to_ltri
 from .validation import check_array
 
 
@@ -438,8 +438,7 @@ def select_centroid_data(
     key = centroid_key(variables) if key is None else key
     mu = _encode_chunked(model, variables, x, min(chunk, n))
     centres = centroids_kmeans(mu, model.n_centroids, key, n_iter=n_iter)
-    d2 = jnp.sum((centres[:, None, :] - mu[None, :, :]) ** 2, axis=-1)  # (N, n)
-    pick = jnp.argmin(d2, axis=1)
+    pick = jnp.argmin(sq_dists(centres, mu), axis=1)  # nearest code to each centre; (N, n) distances
     if is_conditional(model):
         return x[0][pick], x[1][pick]
     return x[pick]

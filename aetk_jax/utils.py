@@ -73,8 +73,19 @@ def _flat(x: jax.Array) -> jax.Array:
     return jnp.reshape(x, (x.shape[0], -1))
 
 
-def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Squared Euclidean distances ``(n, m)`` between rows of ``a`` ``(n, D)`` and ``b`` ``(m, D)``."""
+def sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Squared Euclidean distances ``(n, m)`` between rows of ``a`` ``(n, D)`` and ``b`` ``(m, D)``.
+
+    Expanded, ‖a‖² − 2a·b + ‖b‖² floored at 0: one matrix product (a sum of (a − b)² over a
+    small D is a reduction that XLA:CPU runs far slower inside loops).
+
+    Args:
+        a: ``(n, D)``.
+        b: ``(m, D)``.
+
+    Returns:
+        ``(n, m)``.
+    """
     d2 = jnp.sum(a**2, -1)[:, None] - 2.0 * a @ b.T + jnp.sum(b**2, -1)[None, :]
     return jnp.maximum(d2, 0.0)
 
@@ -101,10 +112,13 @@ def _plusplus_index(key: jax.Array, d2_to: jax.Array, n: int, k: int) -> jax.Arr
     def body(i, carry):
         idx, dmin, key = carry
         key, sub = jax.random.split(key)
-        total = jnp.sum(dmin)
-        # all remaining points coincide with chosen ones: fall back to uniform
-        logits = jnp.where(total > 0, jnp.log(dmin), jnp.zeros_like(dmin))
-        nxt = jax.random.categorical(sub, logits)
+        # inverse-CDF draw with P(j) = D(x_j)²/Σ D²: one uniform, not one Gumbel per point
+        cdf = jnp.cumsum(dmin)
+        total = cdf[-1]
+        u = jax.random.uniform(sub, (), dmin.dtype)
+        # all remaining points coincide with chosen ones (Σ D² = 0): fall back to uniform
+        cdf = jnp.where(total > 0, cdf / jnp.where(total > 0, total, 1.0), jnp.arange(1, n + 1, dtype=dmin.dtype) / n)
+        nxt = jnp.minimum(jnp.sum(cdf <= u), n - 1).astype(jnp.int32)
         return idx.at[i].set(nxt), jnp.minimum(dmin, d2_to(nxt)), key
 
     idx, _, _ = jax.lax.fori_loop(1, k, body, (idx, dmin, key))
@@ -133,7 +147,7 @@ def _kmeans_jit(x: jax.Array, k: int, key: jax.Array, n_iter: int) -> jax.Array:
     centres = xf[idx]
 
     def lloyd(_, c):
-        assign = jnp.argmin(_sq_dists(xf, c), axis=1)
+        assign = jnp.argmin(sq_dists(xf, c), axis=1)
         onehot = jax.nn.one_hot(assign, k, dtype=xf.dtype)  # (n, k)
         counts = jnp.sum(onehot, 0)
         sums = onehot.T @ xf
@@ -165,7 +179,7 @@ def centroids_kmedoids(
 def _kmedoids_index_jit(x: jax.Array, k: int, key: jax.Array, n_iter: int) -> jax.Array:
     xf = _flat(x)
     n = xf.shape[0]
-    D = jnp.sqrt(_sq_dists(xf, xf))
+    D = jnp.sqrt(sq_dists(xf, xf))
     med = _plusplus_index(key, lambda i: D[i] ** 2, n, k)
 
     def step(_, med):
@@ -223,7 +237,7 @@ def _locality_index(x: jax.Array, key: jax.Array, n_primary: int, n_secondary: i
     xf = _flat(x)
     k_p, k_s = jax.random.split(key)
     primary = jax.random.choice(k_p, xf.shape[0], (n_primary,), replace=False)
-    _, neigh = jax.lax.top_k(-_sq_dists(xf[primary], xf), k)  # (n_primary, k) nearest first
+    _, neigh = jax.lax.top_k(-sq_dists(xf[primary], xf), k)  # (n_primary, k) nearest first
     # n_secondary of the k neighbours without replacement: the first entries of a random permutation
     pick = jax.vmap(lambda kk: jax.random.permutation(kk, k)[:n_secondary])(jax.random.split(k_s, n_primary))
     secondary = jnp.take_along_axis(neigh, pick, axis=1).reshape(-1)

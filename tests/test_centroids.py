@@ -134,3 +134,26 @@ def test_rhvae_centroid_selection_uses_the_users_key(rng):
     assert len(picks) == 3  # three seeds, three different choices
     old = np.asarray(select(model, v, x, jax.random.PRNGKey(0)))
     assert not np.array_equal(old, np.asarray(v["metric"]["x"]))
+
+
+def test_kmeans_plusplus_draws_the_next_seed_with_probability_proportional_to_d_squared():
+    """The seeding's joint law of (first, second) on 4 points of a line: P = ¼ · d²(i, j) / Σₗ d²(i, l),
+    from 20 000 keys (each cell within 4.5 binomial standard deviations); identical points fall back
+    to uniform draws."""
+    from aetk_jax.utils import _plusplus_index
+
+    pts = jnp.asarray([0.0, 1.0, 2.0, 5.0])
+    d2 = (pts[:, None] - pts[None, :]) ** 2
+    n_keys = 20000
+    draw = jax.jit(jax.vmap(lambda k: _plusplus_index(k, lambda i: d2[i], 4, 2)))
+    idx = np.asarray(draw(jax.random.split(jax.random.key(0), n_keys)))
+    freq = np.zeros((4, 4))
+    np.add.at(freq, (idx[:, 0], idx[:, 1]), 1.0)
+    d2n = np.asarray(d2, np.float64)
+    p = 0.25 * d2n / d2n.sum(1, keepdims=True)
+    sd = np.sqrt(n_keys * p * (1 - p))
+    assert np.all(np.diag(freq) == 0)  # a chosen point (D = 0) is never drawn again
+    np.testing.assert_array_less(np.abs(freq - n_keys * p), 4.5 * sd + 1e-9)
+    same = jnp.zeros(4)  # Σ D² = 0 after the first seed: uniform, valid indices
+    idx = np.asarray(jax.vmap(lambda k: _plusplus_index(k, lambda i: same, 4, 3))(jax.random.split(jax.random.key(1), 400)))
+    assert idx.min() >= 0 and idx.max() <= 3 and len(np.unique(idx[:, 2])) == 4
