@@ -269,7 +269,7 @@ def test_elbo_tends_to_the_vae_elbo_as_eps_vanishes(rng):
     with jax.enable_x64(True):
         model = tiny_model()
         v, x = f64_variables(model, rng, batch=4)
-        ps = rhvae.phase_space(model, v, x, jax.random.key(3), eps=1e-10, beta0=0.3)
+        ps = _jit(rhvae.phase_space, model, eps=1e-10, beta0=0.3)(v, x, jax.random.key(3))  # jitted: faster
         np.testing.assert_allclose(np.asarray(ps.zK), np.asarray(ps.z0), atol=1e-8)
         np.testing.assert_allclose(np.asarray(ps.rhoK), np.asarray(ps.gamma), atol=1e-8)
         # the reference, from the shared VAE pieces and float64 NumPy
@@ -285,7 +285,7 @@ def test_elbo_tends_to_the_vae_elbo_as_eps_vanishes(rng):
         np.testing.assert_allclose(np.asarray(ps.logdet), 0.5 * 2 * math.log(0.3), rtol=1e-12)
         np.testing.assert_allclose(np.asarray(ps.logp_momentum), np.asarray(ps.logq_momentum - ps.logdet),
                                    atol=1e-7)
-        np.testing.assert_allclose(np.asarray(rhvae.elbo(model, v, x, jax.random.key(3), eps=1e-10)),
+        np.testing.assert_allclose(np.asarray(_jit(rhvae.elbo, model, eps=1e-10)(v, x, jax.random.key(3))),
                                    np.asarray(ps.elbo), rtol=1e-12)
 
 
@@ -679,17 +679,19 @@ def test_detached_flow_gradient(rng):
         v, x = f64_variables(model, rng)
         key = jax.random.key(5)
         kw = dict(eps=0.05, K=2)
-        full = jax.jit(lambda p: rhvae.loss(model, {**v, "params": p}, x, key, **kw))
-        det = jax.jit(lambda p: rhvae.loss(model, {**v, "params": p}, x, key, flow_gradient="detached", **kw))
-        assert float(det(v["params"])) == pytest.approx(float(full(v["params"])), rel=1e-13)
-        zK = rhvae.phase_space(model, v, x, key, **kw).zK
+        # each loss compiled once, with its gradient (a forward-only compile as well would double the cost)
+        full = jax.jit(jax.value_and_grad(lambda p: rhvae.loss(model, {**v, "params": p}, x, key, **kw)))
+        det = jax.jit(jax.value_and_grad(
+            lambda p: rhvae.loss(model, {**v, "params": p}, x, key, flow_gradient="detached", **kw)))
+        (value_det, g_det), (value_full, g_full) = det(v["params"]), full(v["params"])
+        assert float(value_det) == pytest.approx(float(value_full), rel=1e-13)
+        zK = jax.jit(functools.partial(rhvae.phase_space, model, **kw))(v, x, key).zK
 
         def ref(p):  # only the likelihood at the (constant) end point depends on the decoder
             return -jnp.mean(aet.base.loglikelihood(model, {**v, "params": p}, x, zK))
 
-        g_det = jax.grad(det)(v["params"])["decoder"]
-        g_full = jax.grad(full)(v["params"])["decoder"]
-        g_ref = jax.grad(ref)(v["params"])["decoder"]
+        g_det, g_full = g_det["decoder"], g_full["decoder"]
+        g_ref = jax.jit(jax.grad(ref))(v["params"])["decoder"]
         flat = lambda t: ravel_pytree(t)[0]  # noqa: E731
         np.testing.assert_allclose(flat(g_det), flat(g_ref), rtol=1e-10, atol=1e-12)
         assert np.max(np.abs(flat(g_full) - flat(g_ref))) > 1e-6  # the full gradient also goes through the flow

@@ -74,7 +74,8 @@ def test_vamp_bounds_sit_below_and_reach_the_exact_log_px():
 def test_gradients_reach_the_pseudo_inputs_and_are_exact():
     with jax.enable_x64(True):
         model, variables, x, *_ = _linear_vamp()
-        f = functools.partial(vamp.loss, model, x=x, key=jax.random.key(5), n_samples=3)
+        # jitted: check_grads evaluates f many times (one compilation, not one dispatch per op each time)
+        f = jax.jit(functools.partial(vamp.loss, model, x=x, key=jax.random.key(5), n_samples=3))
         g = jax.grad(f)(variables)["params"]["prior"]["pseudo_inputs"]
         assert np.all(np.isfinite(g)) and np.max(np.abs(g)) > 1e-3
         check_grads(f, (variables,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
@@ -119,9 +120,9 @@ def test_standard_normal_prior_module_equals_no_prior():
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(5, 64)), jnp.float32)
     plain, explicit = aet.VAE(enc, dec), aet.VAE(enc, dec, prior=priors.StandardNormal())
     variables = plain.init(jax.random.key(0), x)
-    for fn in (aet.vae.loss, iwae.loss, aet.hvae.loss):
-        np.testing.assert_allclose(fn(explicit, variables, x, jax.random.key(1)),
-                                   fn(plain, variables, x, jax.random.key(1)), rtol=2e-6)
+    for fn in (aet.vae.loss, iwae.loss, aet.hvae.loss):  # jitted: op by op the HVAE loss alone takes ~10 s
+        np.testing.assert_allclose(jax.jit(functools.partial(fn, explicit))(variables, x, jax.random.key(1)),
+                                   jax.jit(functools.partial(fn, plain))(variables, x, jax.random.key(1)), rtol=2e-6)
 
 
 @pytest.mark.parametrize("make", [
@@ -157,11 +158,12 @@ def test_mmdvae_compares_the_codes_with_the_models_prior():
     v_mog = {"params": {**variables["params"], "prior": {
         "means": jnp.full((1, 2), 4.0), "log_scales": jnp.zeros((1, 2)), "logits": jnp.zeros(1)}}}
     kw = dict(lam=10.0, alpha=0.0, n_latent_samples=200, aux=True)
-    _, m_plain = aet.mmdvae.loss(plain, variables, x, jax.random.key(1), **kw)
-    _, m_mog = aet.mmdvae.loss(mog, v_mog, x, jax.random.key(1), **kw)
+    # jitted: run op by op, the loss and its gradient take ~30 s on CPU (one dispatch and compile per op)
+    _, m_plain = jax.jit(functools.partial(aet.mmdvae.loss, plain, **kw))(variables, x, jax.random.key(1))
+    _, m_mog = jax.jit(functools.partial(aet.mmdvae.loss, mog, **kw))(v_mog, x, jax.random.key(1))
     # measured: 0.010 against N(0, I), 0.65 against the moved prior
     assert float(m_plain["mmd"]) < 0.05 and float(m_mog["mmd"]) > 0.5, (m_plain["mmd"], m_mog["mmd"])
-    g = jax.grad(lambda v: aet.mmdvae.loss(mog, v, x, jax.random.key(1), lam=10.0))(v_mog)["params"]["prior"]
+    g = jax.jit(jax.grad(lambda v: aet.mmdvae.loss(mog, v, x, jax.random.key(1), lam=10.0)))(v_mog)["params"]["prior"]
     assert float(jnp.abs(g["means"]).sum()) > 1e-3
 
 
@@ -192,5 +194,5 @@ def test_every_model_creates_and_uses_a_learned_prior(name):
         model, loss = aet.IWAE(enc, dec, prior=prior), iwae.loss
     variables = model.init(jax.random.key(0), x)
     assert set(variables["params"]["prior"]) == {"means", "log_scales", "logits"}
-    g = jax.grad(lambda v: loss(model, v, x, jax.random.key(1)))(variables)["params"]["prior"]
+    g = jax.jit(jax.grad(lambda v: loss(model, v, x, jax.random.key(1))))(variables)["params"]["prior"]
     assert float(jnp.abs(g["means"]).sum()) > 0
