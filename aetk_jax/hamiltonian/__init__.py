@@ -1,10 +1,12 @@
 """Hamiltonian machinery shared by the HVAE and the RHVAE (shaped like blackjax's ``mcmc``).
 
-* :mod:`~aetk_jax.hamiltonian.integrators` — ``IntegratorState`` (z, ρ, cached ∇V),
+* :mod:`~aetk_jax.hamiltonian.integrators` — ``IntegratorState`` (z, ρ, cached ∇V and, for
+  the implicit leapfrog, the cached G⁻¹ and ∂G⁻¹/∂z of ``kinetic_cache``),
   ``leapfrog`` (constant metric), ``implicit_leapfrog`` (position-dependent metric)
   with swappable fixed-point solvers returning ``SolverInfo(success, norm, iters)``.
 * :mod:`~aetk_jax.hamiltonian.metrics` — ``Metric`` (sample momentum, kinetic
-  energy, log-density, inverse mass), ``gaussian_euclidean``, ``gaussian_riemannian``.
+  energy, log-density, inverse mass and optionally its closed-form Jacobian),
+  ``gaussian_euclidean``, ``gaussian_riemannian``.
 * :mod:`~aetk_jax.hamiltonian.tempering` — the β schedules and the momentum cooling.
 * :mod:`~aetk_jax.hamiltonian.flow` — ``FlowConfig`` and the one tempered-flow ELBO,
   ``tempered_flow``.
