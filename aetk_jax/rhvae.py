@@ -99,8 +99,7 @@ from .hamiltonian.tempering import null_tempering, quadratic_tempering  # noqa: 
 from .hvae import potential_energy
 from .rhvae_metric import (  # noqa: F401  (the metric's public names are this module's too)
     G_inv, Metric, MetricNetwork, capped_exp, centroid_data, centroid_key, inverse_metric, inverse_metric_jacobian,
-    log_volume,
-    logdet_inverse, metric_factors, metric_fn, metric_from_data, metric_tensor, momentum_metric,
+    log_volume, logdet_inverse, metric_factors, metric_fn, metric_from_data, metric_tensor, momentum_metric,
     riemannian_logprior, select_centroid_data, stored_metric, update_metric,
 )
 from .rhvae_sampler import SAMPLING_TARGETS, log_sampling_density  # noqa: F401

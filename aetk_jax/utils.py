@@ -74,19 +74,20 @@ def _flat(x: jax.Array) -> jax.Array:
 
 
 def sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Squared Euclidean distances ``(n, m)`` between rows of ``a`` ``(n, D)`` and ``b`` ``(m, D)``.
+    """Squared Euclidean distances ``(..., m)`` from the rows of ``a`` ``(..., D)`` to those of ``b`` ``(m, D)``.
 
     Expanded, ‖a‖² − 2a·b + ‖b‖² floored at 0: one matrix product (a sum of (a − b)² over a
-    small D is a reduction that XLA:CPU runs far slower inside loops).
+    small D is a reduction that XLA:CPU runs far slower inside loops); float32 rounding is
+    ε_mach·(‖a‖² + ‖b‖²).
 
     Args:
-        a: ``(n, D)``.
+        a: ``(..., D)`` (e.g. ``(n, D)`` or one point ``(D,)``).
         b: ``(m, D)``.
 
     Returns:
-        ``(n, m)``.
+        ``(..., m)``.
     """
-    d2 = jnp.sum(a**2, -1)[:, None] - 2.0 * a @ b.T + jnp.sum(b**2, -1)[None, :]
+    d2 = jnp.sum(a**2, -1)[..., None] - 2.0 * a @ b.T + jnp.sum(b**2, -1)
     return jnp.maximum(d2, 0.0)
 
 
@@ -141,9 +142,7 @@ def centroids_kmeans(x: jax.Array, k: int, key: jax.Array, *, n_iter: int = 20) 
 def _kmeans_jit(x: jax.Array, k: int, key: jax.Array, n_iter: int) -> jax.Array:
     xf = _flat(x)
     n = xf.shape[0]
-    sq = jnp.sum(xf * xf, -1)
-    # ‖x − xᵢ‖² expanded (a matrix-vector product; a sum over a tiny axis runs slowly in a loop on CPU)
-    idx = _plusplus_index(key, lambda i: jnp.maximum(sq - 2.0 * (xf @ xf[i]) + sq[i], 0.0), n, k)
+    idx = _plusplus_index(key, lambda i: sq_dists(xf[i], xf), n, k)
     centres = xf[idx]
 
     def lloyd(_, c):
