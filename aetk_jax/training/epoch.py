@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from .step import LossFn, Metrics, TrainState, Variables, guarded, scale_lr, takes_keyword, with_aux
 
@@ -112,11 +113,18 @@ def make_epoch(
 
     def run_epoch(state: TrainState, x: jax.Array, key: jax.Array, ref: Any = None, epoch: Any = None) -> EpochResult:
         step_fn = functools.partial(step, epoch=epoch) if takes_epoch and epoch is not None else step
-        perm_key, step_key = jax.random.split(key)
         n_batches = _n_examples(x) // batch_size
-        idx = jax.random.permutation(perm_key, _n_examples(x))[: n_batches * batch_size]
+        keys = jax.random.split(key, n_batches + 1)  # one split: the shuffle's key, then one per step
+        idx = jax.random.permutation(keys[0], _n_examples(x))[: n_batches * batch_size]
         idx = idx.reshape(n_batches, batch_size)
-        keys = jax.random.split(step_key, n_batches)
+        keys = keys[1:]
+
+        metrics_shape = dict(jax.eval_shape(step_fn, state, _take(x, idx[0]), keys[0])[1])
+        if divergence_factor is not None:
+            metrics_shape["diverged"] = metrics_shape["finite"]
+        # The metrics ride the scan as one float32 vector (one select and one sum per step,
+        # not one per metric); unravelled into the dict after the scan.
+        zeros, unravel = ravel_pytree(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics_shape))
 
         def body(carry, inp):
             state, bad_step, bad_metrics, sums, n_good, i, ref = carry
@@ -129,19 +137,16 @@ def make_epoch(
                 metrics, ref = _divergence(metrics, ref, divergence_factor)
             first_bad = (metrics["finite"] == 0) & (bad_step < 0)
             state, ok = _keep_or_skip(new, state, metrics["finite"], bad_step, skip_nonfinite, skip_factor)
-            bad_metrics = jax.tree_util.tree_map(lambda m, b: jnp.where(first_bad, m, b), metrics, bad_metrics)
+            vec = ravel_pytree({name: metrics[name].astype(jnp.float32) for name in metrics_shape})[0]
+            bad_metrics = jnp.where(first_bad, vec, bad_metrics)
             bad_step = jnp.where(first_bad, i, bad_step)
-            sums = jax.tree_util.tree_map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
+            sums = sums + jnp.where(ok, vec, 0.0)
             return (state, bad_step, bad_metrics, sums, n_good + ok, i + 1, ref), None
 
-        metrics_shape = dict(jax.eval_shape(step_fn, state, _take(x, idx[0]), keys[0])[1])
-        if divergence_factor is not None:
-            metrics_shape["diverged"] = metrics_shape["finite"]
-        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics_shape)
         ref = jnp.asarray(jnp.nan if ref is None else ref, jnp.float32)
         init = (state, jnp.int32(-1), zeros, zeros, jnp.int32(0), jnp.int32(0), ref)
         (state, bad_step, bad_metrics, sums, n_good, _, ref), _ = jax.lax.scan(body, init, (idx, keys))
-        means = jax.tree_util.tree_map(lambda s: s / jnp.maximum(n_good, 1), sums)
+        means, bad_metrics = unravel(sums / jnp.maximum(n_good, 1)), unravel(bad_metrics)
         if skip_nonfinite:
             means = {**means, "skipped": (n_batches - n_good).astype(jnp.float32)}
         return EpochResult(state, means, bad_step, bad_metrics, ref)

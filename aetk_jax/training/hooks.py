@@ -47,11 +47,13 @@ def make_trainer(model: nn.Module, loss_fn: LossFn, optimizer: Any) -> Trainer:
         optimizer: an optax transformation (a model with several phases may take a dict).
 
     Returns:
-        ``Trainer(init, step, end_epoch)``; the step is not jitted.
+        ``Trainer(init, step, end_epoch)``; the step is not jitted and not guarded
+        (``make_step(..., guard=False)``: ``make_epoch``'s non-finite policy keeps or
+        skips each step by its ``finite`` metric, so the state is selected once per step).
     """
     return Trainer(
         init=lambda variables: init_state(variables, optimizer),
-        step=make_step(loss_fn, optimizer, jit=False),
+        step=make_step(loss_fn, optimizer, jit=False, guard=False),
         end_epoch=identity_end,
     )
 
@@ -113,7 +115,7 @@ def phased_trainer(phases: Sequence[Phase]) -> Trainer:
     """
     return Trainer(
         init=lambda variables: init_state(variables, phases=phases),
-        step=make_step(phases=phases, jit=False),
+        step=make_step(phases=phases, jit=False, guard=False),
         end_epoch=identity_end,
     )
 

@@ -304,8 +304,11 @@ def make_step(
 
     Computes the loss and its gradient with respect to ``state.params``,
     applies the optax update, and returns metrics (``loss``, the loss's aux
-    terms, ``grad_norm`` and ``finite``). With ``guard`` a non-finite loss or
-    gradient leaves the state unchanged (``finite`` is then 0). With
+    terms, ``grad_norm`` and ``finite``). ``finite`` is 1 when the loss and the
+    gradient's global norm ‖g‖₂ are finite (a NaN or inf in any gradient leaf
+    makes the norm NaN or inf; a finite gradient whose Σg² overflows float32,
+    |g| ≳ 1.8e19, counts as non-finite too). With ``guard`` a non-finite step
+    leaves the state unchanged. With
     ``axis_name`` (inside ``pmap``/``shard_map``) the device's index along
     that axis is folded into ``key`` (independent noise on each shard) and
     gradients and metrics are averaged over the axis with ``lax.pmean``.
@@ -348,8 +351,9 @@ def make_step(
         new = TrainState(outs[-1].params, opt_state, state.step + 1, state.collections)
         ok = jnp.isfinite(metrics["loss"])
         for i, (p, o) in enumerate(zip(ps, outs)):
-            ok = ok & all_finite(o.grads) & (jnp.isfinite(metrics[f"{p.name}_loss"]) if i else True)
-            metrics[f"{p.name}_grad_norm" if i else "grad_norm"] = optax.tree.norm(o.grads)
+            norm = optax.tree.norm(o.grads)
+            ok = ok & jnp.isfinite(norm) & (jnp.isfinite(metrics[f"{p.name}_loss"]) if i else True)
+            metrics[f"{p.name}_grad_norm" if i else "grad_norm"] = norm
         metrics["finite"] = ok.astype(jnp.float32)
         if guard:
             new = guarded(new, state, ok)
@@ -363,7 +367,9 @@ class Trainer(NamedTuple):
 
     ``init(variables) -> TrainState``; ``step(state, batch, key) -> (state,
     metrics)`` (not jitted: ``fit`` compiles it inside the epoch scan; a step
-    with an ``epoch`` parameter, as ``make_step``'s has, gets the epoch);
+    with an ``epoch`` parameter, as ``make_step``'s has, gets the epoch; not
+    guarded: the epoch's non-finite policy selects the old or new state by the
+    step's ``finite`` metric, so a non-finite step's returned state is not used);
     ``end_epoch(state, x) -> state`` runs after every epoch (e.g. RHVAE's
     metric update; :func:`identity_end` by default, which ``fit`` skips).
     """
