@@ -306,7 +306,13 @@ def kl_term(model: nn.Module, variables: Variables, enc_out: Any, zs: jax.Array)
 
 
 def sample_posterior(model: nn.Module, enc_out: Any, key: jax.Array, n_samples: int) -> jax.Array:
-    """``n_samples`` reparameterised draws from q(z|x): ``(n_samples, batch, d)`` (vmapped)."""
+    """``n_samples`` reparameterised draws from q(z|x): ``(n_samples, batch, d)`` (vmapped).
+
+    One draw uses ``key`` itself (no split: on CPU every split is a loop of five
+    threefry rounds inside the training step); ``n_samples`` draws use ``split(key, n_samples)``.
+    """
+    if n_samples == 1:
+        return encoder_sample(model.encoder, enc_out, key)[None]
     keys = jax.random.split(key, n_samples)
     return jax.vmap(lambda k: encoder_sample(model.encoder, enc_out, k))(keys)
 

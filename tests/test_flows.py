@@ -323,7 +323,9 @@ def test_flow_models_are_conditional(name):
     model = builders.build(name, (N_IN,), latent_dim=C_LATENT, hidden=(8,)).model.clone(n_conditions=K)
     x, c = cond_batch()
     variables = model.init(jax.random.key(3), (x, c))
-    check_conditional_loss(model, variables, flows.loss, BODIES, trained=BODIES)
+    # seed 5: at seed 4 the one-draw losses at labels 0 and 2 happen to agree to 3e-5 (the
+    # label-matters check asks for a 1e-3 relative difference; other seeds give 0.3-0.6%)
+    check_conditional_loss(model, variables, flows.loss, BODIES, trained=BODIES, seed=5)
     absorbed = {"params": absorb_label(variables["params"], BODIES, 1)}
     key = jax.random.key(5)
     got = aet.evaluate.marginal_loglikelihood(model, variables, (x, jnp.ones(6, jnp.int32)), key, 16)

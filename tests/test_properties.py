@@ -169,8 +169,17 @@ def _rhvae_loss(x, key, eps, beta0):
 @SETTINGS
 @given(x=unit_data(), key=keys, eps=st.floats(1e-5, 0.05), beta0=st.floats(0.05, 1.0))
 def test_rhvae_loss_finite(x, key, eps, beta0):
-    out = _rhvae_loss(x, key, eps, beta0)
-    assert _all_finite(out)
+    # finite whenever the generalised leapfrog's fixed point converged; otherwise the loss is
+    # the fixed-point check's deliberate NaN, flagged by converged = 0 and a finite residual
+    # above the tolerance (at ε = 0.05 a draw can land just above 1e-3); small steps converge
+    loss, m = out = _rhvae_loss(x, key, eps, beta0)
+    if eps <= 0.02:
+        assert float(m["converged"]) == 1.0, (eps, float(m["fixed_point_residual"]))
+    if float(m["converged"]) == 1.0:
+        assert _all_finite(out)
+    else:
+        residual = float(m["fixed_point_residual"])
+        assert np.isnan(float(loss)) and np.isfinite(residual) and residual > aet.rhvae.FIXED_POINT_TOL
 
 
 @SETTINGS
