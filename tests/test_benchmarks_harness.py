@@ -262,6 +262,8 @@ def test_targets_are_issue_17s_goals():
         d = json.loads(json.dumps(r))
         d["dataset"], d["setting"] = "digits-b64", {**d["setting"], "batch_size": 64}
         d.setdefault("aetk_jax", {})["fit_compile_excess_s"] = 2.0
+        if d["model"] == "vae":  # the two fresh processes of benchmarks.compile_cache
+            d["aetk_jax"]["fit_compile_cache"] = {"cold": {"fit_compile_excess_s": 2.5}, "warm": {"fit_compile_excess_s": 0.4}}
         res["models"].append(d)
     res["models"][0]["floor"] = {"step_gflop": 0.01, "floor_ms": 8.0, "step_over_floor": 1.25,
                                  "matmul": {"gflops_per_s": 50.0}}
@@ -271,6 +273,8 @@ def test_targets_are_issue_17s_goals():
     assert t["hvae epoch ratio pythae/aetk_jax >= 8"]["note"].startswith("parity")
     assert t["rhvae epoch ratio pythae/aetk_jax >= 20"]["met"] is None
     assert t["vae fit compile"]["met"] is True and t["vae fit compile"]["measured"] == 2.0
+    assert "fresh process 2.5 s" in t["vae fit compile"]["note"] and "cache (JAX_COMPILATION_CACHE_DIR) 0.4 s" in t["vae fit compile"]["note"]
+    assert "cache" not in t["rhvae fit compile"]["note"]  # not measured: no cache note
     assert t["vae step <= 1.5x its FLOP floor"]["met"] is True and "50.0 GFLOP/s" in t["vae step <= 1.5x its FLOP floor"]["note"]
     assert t["hvae step <= 1.5x its FLOP floor"]["met"] is None  # no floor measured
 
