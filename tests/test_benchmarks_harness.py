@@ -161,6 +161,23 @@ def test_runner_epoch_runs_every_full_batch(small_runner):
     assert wall > 0 and cpu >= 0
 
 
+def test_minimal_epoch_is_the_same_network_scanned_over_every_batch():
+    s = config.Setting(model="vae", dataset="digits", hidden=(16,), batch_size=32)
+    x = data.load("digits", 256)
+    bare = jax_side.MinimalEpoch(s, x)
+    params = bare.state[0]["params"]
+    shapes = sorted(tuple(v["kernel"].shape) for v in params.values())
+    assert shapes == sorted(jax_side.dense_shapes(s)[:1] + [(16, 2), (16, 2)] + jax_side.dense_shapes(s)[2:])
+    losses = []
+    for e in range(6):
+        wall, cpu = bare.epoch(e)
+        assert wall > 0 and cpu >= 0
+        adam = bare.state[1][0]
+        assert int(adam.count) == (e + 1) * (len(x) // s.batch_size)  # one Adam update per batch
+        losses.append(float(bare.compiled(*bare.state, bare.xb, jax.random.key(99))[1].mean()))
+    assert losses[-1] < losses[0]  # it trains
+
+
 def test_first_order_potential_gradient_has_the_value_and_no_derivative():
     s = config.Setting(model="hvae", dataset="digits", hidden=(4,), batch_size=8)
     model, _, _ = jax_side.build(s)
@@ -262,14 +279,16 @@ def test_targets_are_issue_17s_goals():
         d = json.loads(json.dumps(r))
         d["dataset"], d["setting"] = "digits-b64", {**d["setting"], "batch_size": 64}
         d.setdefault("aetk_jax", {})["fit_compile_excess_s"] = 2.0
-        if d["model"] == "vae":  # the two fresh processes of benchmarks.compile_cache
+        if d["model"] == "vae":  # the two fresh processes of benchmarks.compile_cache, the bare scan
             d["aetk_jax"]["fit_compile_cache"] = {"cold": {"fit_compile_excess_s": 2.5}, "warm": {"fit_compile_excess_s": 0.4}}
+            d["aetk_jax"]["minimal_epoch_s"] = 0.5
         res["models"].append(d)
     res["models"][0]["floor"] = {"step_gflop": 0.01, "floor_ms": 8.0, "step_over_floor": 1.25,
                                  "matmul": {"gflops_per_s": 50.0}}
     t = {x["target"].split(" (")[0]: x for x in report.evaluate_targets(res)}
     vae = t["vae epoch ratio pythae/aetk_jax >= 10"]
     assert vae["met"] is False and vae["measured"] == pytest.approx(2.0)  # pythae loop 2 s / aetk_jax 1 s
+    assert "takes 500.0 ms an epoch (pythae loop / that: 4.0)" in vae["note"]
     assert t["hvae epoch ratio pythae/aetk_jax >= 8"]["note"].startswith("parity")
     assert t["rhvae epoch ratio pythae/aetk_jax >= 20"]["met"] is None
     assert t["vae fit compile"]["met"] is True and t["vae fit compile"]["measured"] == 2.0
