@@ -70,6 +70,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "condition_on_labels": False,
     "code_restarts": True,  # @vq: vqvae/hrqvae restart dead codes (builders.VQ_RESTART_AFTER); --no-code-restarts
     "curvature": None,  # @manifold: pvae's c (None: 1.0); --curvature
+    "metric_update_every": 1,  # rhvae: fit's metric_update_every; --metric-update-every
 }
 COLLAPSE_KL = 0.01  # nats per latent dimension: below it the posterior has collapsed onto the prior
 # the models whose "kl" metric is KL(q(z|x) || p(z)) (RHVAE's "kl" is a different gap)
@@ -134,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
                         "re-initialised to an encoding of the batch)")
     t.add_argument("--curvature", type=float, default=None, metavar="C",
                    help="pvae: the Poincaré ball's curvature is -C (C > 0, default 1)")
+    t.add_argument("--metric-update-every", type=int, default=None, metavar="K",
+                   help="rhvae: update the stored metric after every K-th epoch and the last (default 1)")
     t.add_argument(
         "--resume",
         nargs="?",
@@ -183,7 +186,13 @@ def _model_options(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_model_options(cfg: dict[str, Any]) -> None:
-    """``UserError`` for --no-code-restarts / --curvature given for a model without the option, or c ≤ 0."""
+    """``UserError`` for --no-code-restarts / --curvature / --metric-update-every given for a model
+    without the option, c ≤ 0 or K < 1."""
+    every = cfg["metric_update_every"]
+    if every != 1 and cfg["model"] != "rhvae":
+        raise UserError(f"--metric-update-every applies to --model rhvae, not {cfg['model']}")
+    if not isinstance(every, int) or every < 1:
+        raise UserError(f"--metric-update-every must be >= 1, got {every}")
     if not cfg["code_restarts"] and cfg["model"] not in ("vqvae", "hrqvae"):
         raise UserError(f"--no-code-restarts applies to --model vqvae or hrqvae, not {cfg['model']}")
     if cfg["curvature"] is not None:
@@ -351,6 +360,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "condition_on_labels": bool(cfg["condition_on_labels"]),
         "code_restarts": bool(cfg["code_restarts"]),
         "curvature": None if cfg["curvature"] is None else float(cfg["curvature"]),
+        "metric_update_every": cfg["metric_update_every"],
     }
     _check_model_options(cfg)
     return out, cfg
@@ -404,6 +414,7 @@ def _fit_run(tr, recipe, cfg, args, out, train_ds, val_ds, fit_key):
             checkpoint_dir=os.path.join(out, "checkpoints"),
             resume=bool(args.resume),
             on_nonfinite=args.on_nonfinite,
+            metric_update_every=cfg.get("metric_update_every", 1),
             callbacks=[tr.TensorBoard(args.tensorboard)] if getattr(args, "tensorboard", None) else (),
         )
     except (tr.TrainingInterrupted, tr.NonFiniteError) as err:

@@ -197,6 +197,8 @@ def bad_files(tmp_path):
         (["train", "--epochs", "0"], "--epochs must be >= 1"),
         (["train", "--lr", "-1"], "--lr must be > 0"),
         (["train", "--latent-dim", "0"], "--latent-dim must be >= 1"),
+        (["train", "--metric-update-every", "2"], "--metric-update-every applies to --model rhvae, not vae"),
+        (["train", "--model", "rhvae", "--metric-update-every", "0"], "--metric-update-every must be >= 1, got 0"),
         (["train", "--resume", "{d}/nowhere"], "not a training run (no config.json)"),
         (["evaluate", "{d}"], "not a training run (no config.json)"),
         (["evaluate", "{d}/run"], "no readable checkpoint (1 unreadable checkpoint(s) skipped)"),
@@ -289,3 +291,21 @@ def test_disentangling_and_regularised_models_train_from_the_cli(tmp_path, capsy
         assert res["val_loglikelihood"] >= res["val_elbo"] - 0.1
     else:
         assert math.isfinite(res["val_loss"]) and res["val_loss"] > 0
+
+
+def test_metric_update_every_reaches_fit_and_the_run_config(monkeypatch, tmp_path, capsys):
+    """``--metric-update-every K`` is fit's ``metric_update_every`` for the RHVAE and is recorded in config.json."""
+    from aetk_jax import train as tr
+
+    seen = {}
+
+    def fake_fit(*args, **kwargs):
+        seen.update(kwargs)
+        raise tr.TrainingInterrupted("stop here", variables=None, history={"epoch": []}, epoch=-1, checkpoint=None)
+
+    monkeypatch.setattr(tr, "fit", fake_fit)
+    out = str(tmp_path / "run")
+    run_main(capsys, ["train", "--model", "rhvae", "--metric-update-every", "3", "--epochs", "1",
+                      "--out", out, "--no-progress", "--no-plots", "--hidden", "8"])
+    assert seen["metric_update_every"] == 3
+    assert _json(os.path.join(out, "config.json"))["metric_update_every"] == 3
