@@ -281,14 +281,14 @@ def test_targets_are_issue_17s_goals():
         d.setdefault("aetk_jax", {})["fit_compile_excess_s"] = 2.0
         if d["model"] == "vae":  # the two fresh processes of benchmarks.compile_cache, the bare scan
             d["aetk_jax"]["fit_compile_cache"] = {"cold": {"fit_compile_excess_s": 2.5}, "warm": {"fit_compile_excess_s": 0.4}}
-            d["aetk_jax"]["minimal_epoch_s"] = 0.5
+            d["aetk_jax"].update(minimal_epoch_s=0.5, epoch_beside_minimal_s=0.8)
         res["models"].append(d)
     res["models"][0]["floor"] = {"step_gflop": 0.01, "floor_ms": 8.0, "step_over_floor": 1.25,
                                  "matmul": {"gflops_per_s": 50.0}}
     t = {x["target"].split(" (")[0]: x for x in report.evaluate_targets(res)}
     vae = t["vae epoch ratio pythae/aetk_jax >= 10"]
     assert vae["met"] is False and vae["measured"] == pytest.approx(2.0)  # pythae loop 2 s / aetk_jax 1 s
-    assert "takes 500.0 ms an epoch (pythae loop / that: 4.0)" in vae["note"]
+    assert "takes 500.0 ms an epoch against aetk_jax's 800.0 ms in rounds of their own (pythae loop / bare scan: 4.0)" in vae["note"]
     assert t["hvae epoch ratio pythae/aetk_jax >= 8"]["note"].startswith("parity")
     assert t["rhvae epoch ratio pythae/aetk_jax >= 20"]["met"] is None
     assert t["vae fit compile"]["met"] is True and t["vae fit compile"]["measured"] == 2.0
