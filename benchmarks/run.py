@@ -240,7 +240,7 @@ def bench_model(s: Setting, suite: Suite, x_steps: Any, x_epoch: Any, device: st
         bm, jb = [], []
         if s.model == "vae":  # the bare flax/optax scan, in rounds of its own with aetk_jax's epoch (timed
             bare = jax_side.MinimalEpoch(s, x_epoch)  # right after pythae's epochs it measured 15 ms, alone 6 ms)
-            bare.epoch(-1)
+            bare.epoch(1000)  # warm-up (its seed is folded into a uint32 key)
             for e in range(suite.epochs):
                 jb.append(jr.epoch(100 + e))
                 bm.append(bare.epoch(e))
