@@ -237,19 +237,18 @@ def bench_model(s: Setting, suite: Suite, x_steps: Any, x_epoch: Any, device: st
                 ja.append(jr.epoch(e))
                 tl.append(tr.manual_epoch(x_epoch, e))
                 tt.append(tr.trainer_epoch(trainer, e))
-        bm, jb = [], []
-        if s.model == "vae":  # the bare flax/optax scan, in rounds of its own with aetk_jax's epoch (timed
-            bare = jax_side.MinimalEpoch(s, x_epoch)  # right after pythae's epochs it measured 15 ms, alone 6 ms)
-            bare.epoch(1000)  # warm-up (its seed is folded into a uint32 key)
-            for e in range(suite.epochs):
-                jb.append(jr.epoch(100 + e))
-                bm.append(bare.epoch(e))
         n_steps = len(x_epoch) // s.batch_size
         rec["epoch_examples"], rec["epoch_steps"] = int(len(x_epoch)), int(n_steps)
         w = lambda xs: [a for a, _ in xs]  # noqa: E731
         c = lambda xs: [b for _, b in xs]  # noqa: E731
         rec["aetk_jax"].update(epoch_s=report.median(w(ja)), epoch_cpu_s=report.median(c(ja)), epoch_all_s=w(ja))
-        if bm:  # the bare flax/optax scan of the same network (benchmarks.jax_side.MinimalEpoch)
+        if s.model == "vae":  # the bare flax/optax scan, in rounds of its own with aetk_jax's epoch (timed
+            bare = jax_side.MinimalEpoch(s, x_epoch)  # right after pythae's epochs it measured 15 ms, alone 6 ms)
+            bare.epoch(1000)  # warm-up (its seed is folded into a uint32 key)
+            bm, jb = [], []
+            for e in range(suite.epochs):
+                jb.append(jr.epoch(100 + e))
+                bm.append(bare.epoch(e))
             rec["aetk_jax"].update(minimal_epoch_s=report.median(w(bm)), minimal_epoch_all_s=w(bm),
                                    epoch_beside_minimal_s=report.median(w(jb)))
         rec["pythae"].update(epoch_loop_s=report.median(w(tl)), epoch_loop_cpu_s=report.median(c(tl)),
