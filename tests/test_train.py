@@ -15,6 +15,7 @@ import pytest
 
 import aetk_jax as aet
 from aetk_jax import checkpoint as ckpt
+from aetk_jax.training.step import takes_keyword
 from checkpoint_faults import same_contents
 from conftest import small_vae_parts
 
@@ -22,8 +23,10 @@ from conftest import small_vae_parts
 
 
 def _tree_equal(a, b) -> bool:
+    """The same structure and the same values, bit for bit (NaN equal to NaN)."""
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(la, lb))
+    return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+            and all(np.array_equal(np.asarray(u), np.asarray(v), equal_nan=True) for u, v in zip(la, lb)))
 
 
 def test_make_step_equals_manual_optax_update(digits):
@@ -97,6 +100,72 @@ def test_make_step_with_plain_loss_reports_loss_only():
     want = jax.tree_util.tree_map(lambda p, gg: p - 0.1 * gg, variables["params"], g)
     for a, b in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def _lin_problem():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
+    params = {"w": jnp.ones((3,)), "b": jnp.zeros(())}
+    loss_fn = lambda v, xb, k: jnp.mean((xb @ v["params"]["w"] + v["params"]["b"] - 1.0) ** 2)  # noqa: E731
+    return x, params, loss_fn
+
+
+def test_accept_decides_before_the_update():
+    """The unjitted step's `accept` sees the step's metrics first: a rejected step returns the state
+    itself (step count included), an accepted one is the unguarded step bit for bit; its metrics are
+    accept's. The same with two phases (run, then selected)."""
+    x, params, loss_fn = _lin_problem()
+    opt = optax.adam(1e-2)
+    state = aet.train.init_state({"params": params}, opt)
+    raw = aet.train.make_step(loss_fn, opt, jit=False, guard=False)
+    free = jax.jit(lambda s: raw(s, x, jax.random.key(1)))(state)[0]
+    for verdict in (False, True):
+        seen = []
+
+        def accept(m, verdict=verdict):
+            seen.append(sorted(m))
+            return jnp.asarray(verdict), {**m, "tag": jnp.float32(7.0)}
+
+        new, m = jax.jit(lambda s: raw(s, x, jax.random.key(1), accept=accept))(state)
+        assert seen == [["finite", "grad_norm", "loss"]] and float(m["tag"]) == 7.0
+        assert _tree_equal(new, free if verdict else state)
+        assert int(new.step) == int(verdict)
+    # the guard is accept_finite: a NaN batch is rejected before the update
+    guarded_step = aet.train.make_step(loss_fn, opt, jit=False)
+    bad, m = jax.jit(lambda s: guarded_step(s, x.at[0, 0].set(jnp.nan), jax.random.key(1)))(state)
+    assert float(m["finite"]) == 0.0 and _tree_equal(bad, state)
+    # two phases: both run, then the state is selected by accept
+    phases = (aet.train.Phase("a", loss_fn, opt, group="w"), aet.train.Phase("b", loss_fn, opt, group="b"))
+    pstate = aet.train.init_state({"params": params}, phases=phases)
+    pstep = aet.train.make_step(phases=phases, jit=False, guard=False)
+    moved = jax.jit(lambda s: pstep(s, x, jax.random.key(1)))(pstate)[0]
+    kept = jax.jit(lambda s: pstep(s, x, jax.random.key(1), accept=lambda m: (jnp.asarray(False), m)))(pstate)[0]
+    assert _tree_equal(kept, pstate) and not _tree_equal(moved.params, pstate.params) and int(moved.step) == 1
+    # the jitted step has no `accept` (make_epoch then selects the state itself)
+    assert not takes_keyword(aet.train.make_step(loss_fn, opt), "accept")
+
+
+@pytest.mark.parametrize("policy", [{}, {"skip_nonfinite": True, "skip_factor": 0.25}, {"divergence_factor": 0.05}])
+def test_epoch_policy_through_accept_equals_selecting_the_state(policy):
+    """make_epoch on make_step's step (the policy passed as `accept`, the update under `lax.cond`)
+    gives the same epoch, bit for bit, as on the same step hidden behind a wrapper without
+    `accept` (every step's update computed, then the old or new state selected)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(48, 3)), jnp.float32).at[21, 1].set(jnp.nan)  # one batch of 6 fails
+    _, params, loss_fn = _lin_problem()
+    opt = optax.chain(optax.adam(5e-2), aet.train.scale_by_lr_factor())
+    state = aet.train.init_state({"params": params}, opt)
+    step = aet.train.make_step(loss_fn, opt, jit=False, guard=False)
+    hidden = lambda s, b, k: step(s, b, k)  # noqa: E731
+    assert takes_keyword(step, "accept") and not takes_keyword(hidden, "accept")
+    results = [jax.jit(aet.train.make_epoch(f, 6, **policy))(state, x, jax.random.key(2)) for f in (step, hidden)]
+    a, b = results
+    assert _tree_equal(a.state, b.state) and _tree_equal(a.metrics, b.metrics)
+    assert int(a.bad_step) == int(b.bad_step) >= 0 and _tree_equal(a.bad_metrics, b.bad_metrics)
+    assert not _tree_equal(a.state.params, state.params)  # good steps were applied
+    if "divergence_factor" in policy:
+        assert _tree_equal(a.ref, b.ref) and float(a.metrics["diverged"]) == float(b.metrics["diverged"])
+    if policy.get("skip_nonfinite"):
+        assert float(a.metrics["skipped"]) >= 1 and aet.train.lr_scale(a.state) == aet.train.lr_scale(b.state) < 1
 
 
 # ------------------------------------------------------------------ fit: determinism, callbacks

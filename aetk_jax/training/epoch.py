@@ -45,31 +45,37 @@ def _take(x: Any, idx: jax.Array) -> Any:
     return jax.tree_util.tree_map(lambda a: a[idx], x)
 
 
-def _divergence(metrics: Metrics, ref: jax.Array, factor: float) -> tuple[Metrics, jax.Array]:
-    """Mark a finite loss L > L₀ + factor·max(|L₀|, 1) as failed (``finite`` 0, ``diverged`` 1).
-
-    Returns the metrics and the reference L₀ (set to the first good step's loss while it is NaN).
-    """
+def _divergence(metrics: Metrics, ref: jax.Array, factor: float) -> Metrics:
+    """Mark a finite loss L > L₀ + factor·max(|L₀|, 1) as failed (``finite`` 0, ``diverged`` 1)."""
     loss = metrics["loss"].astype(jnp.float32)
     limit = ref + factor * jnp.maximum(jnp.abs(ref), 1.0)
     diverged = jnp.isfinite(ref) & (loss > limit)
     finite = metrics["finite"] * (1.0 - diverged.astype(jnp.float32))
-    metrics = {**metrics, "finite": finite, "diverged": diverged.astype(jnp.float32)}
-    return metrics, jnp.where(jnp.isnan(ref) & (finite > 0), loss, ref)
+    return {**metrics, "finite": finite, "diverged": diverged.astype(jnp.float32)}
 
 
-def _keep_or_skip(new: TrainState, state: TrainState, finite: jax.Array, bad_step: jax.Array,
-                  skip: bool, skip_factor: float) -> tuple[TrainState, jax.Array]:
-    """The state after one step under the non-finite policy, and whether the step counts as good.
+def _next_ref(metrics: Metrics, ref: jax.Array) -> jax.Array:
+    """The divergence check's reference L₀: the first good step's loss while it is NaN."""
+    return jnp.where(jnp.isnan(ref) & (metrics["finite"] > 0), metrics["loss"].astype(jnp.float32), ref)
 
-    ``skip``: a failed step is skipped and the learning-rate factor multiplied by
-    ``skip_factor``; otherwise, once a step has failed, the state is frozen for the rest of the epoch.
+
+def _accepted(finite: jax.Array, bad_step: jax.Array, skip: bool) -> jax.Array:
+    """Whether a step counts as good: finite, and (without ``skip``) no earlier step of the epoch failed."""
+    return (finite > 0) if skip else (finite > 0) & (bad_step < 0)
+
+
+def _after_step(new: TrainState, state: TrainState, ok: jax.Array, gated: bool,
+                skip: bool, skip_factor: float) -> TrainState:
+    """The state after one step under the non-finite policy.
+
+    ``gated``: the step applied its update only when ``ok`` (``make_step``'s
+    ``accept``), so ``new`` is already the kept state; otherwise the old or new
+    state is selected here. ``skip``: a failed step is skipped and the
+    learning-rate factor multiplied by ``skip_factor``; otherwise, once a step
+    has failed, the state is frozen for the rest of the epoch.
     """
-    if skip:
-        ok = finite > 0
-        return guarded(new, scale_lr(state, skip_factor), ok), ok
-    ok = (finite > 0) & (bad_step < 0)
-    return guarded(new, state, ok), ok
+    kept = new if gated else guarded(new, state, ok)
+    return scale_lr(kept, jnp.where(ok, 1.0, skip_factor)) if skip else kept
 
 
 def make_epoch(
@@ -110,6 +116,7 @@ def make_epoch(
         ``epoch(state, x, key, ref=None, epoch=None) -> EpochResult`` (not jitted).
     """
     takes_epoch = takes_keyword(step, "epoch")
+    gated = takes_keyword(step, "accept")  # make_step's unjitted step: the policy decides before the update
 
     def run_epoch(state: TrainState, x: jax.Array, key: jax.Array, ref: Any = None, epoch: Any = None) -> EpochResult:
         step_fn = functools.partial(step, epoch=epoch) if takes_epoch and epoch is not None else step
@@ -132,11 +139,22 @@ def make_epoch(
             batch = _take(x, batch_idx)
             if sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, sharding)
-            new, metrics = step_fn(state, batch, k)
+
+            def decide(metrics: Metrics) -> tuple[jax.Array, Metrics]:  # the policy, before the update
+                if divergence_factor is not None:
+                    metrics = _divergence(metrics, ref, divergence_factor)
+                return _accepted(metrics["finite"], bad_step, skip_nonfinite), metrics
+
+            if gated:
+                new, metrics = step_fn(state, batch, k, accept=decide)
+                ok = _accepted(metrics["finite"], bad_step, skip_nonfinite)
+            else:
+                new, metrics = step_fn(state, batch, k)
+                ok, metrics = decide(metrics)
             if divergence_factor is not None:
-                metrics, ref = _divergence(metrics, ref, divergence_factor)
+                ref = _next_ref(metrics, ref)
             first_bad = (metrics["finite"] == 0) & (bad_step < 0)
-            state, ok = _keep_or_skip(new, state, metrics["finite"], bad_step, skip_nonfinite, skip_factor)
+            state = _after_step(new, state, ok, gated, skip_nonfinite, skip_factor)
             vec = ravel_pytree({name: metrics[name].astype(jnp.float32) for name in metrics_shape})[0]
             bad_metrics = jnp.where(first_bad, vec, bad_metrics)
             bad_step = jnp.where(first_bad, i, bad_step)
