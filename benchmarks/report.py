@@ -201,12 +201,17 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if r.get("dataset") != TARGET_DATASET or r.get("setting", {}).get("batch_size") != TARGET_BATCH:
             continue
         fl = r.get("floor") or {}
-        val = fl.get("step_over_floor")
-        rec = {"target": f"{r['model']} step <= {FLOOR_TARGET:g}x its FLOP floor ({TARGET_DATASET})", "model": r["model"],
+        in_epoch = "epoch_step_over_floor" in fl  # results before 2026-12-03's second run judged the step alone
+        val = fl.get("epoch_step_over_floor" if in_epoch else "step_over_floor")
+        what = "fit's epoch, per step," if in_epoch else "step"
+        rec = {"target": f"{r['model']} {what} <= {FLOOR_TARGET:g}x its FLOP floor ({TARGET_DATASET})", "model": r["model"],
                "measured": val, "threshold": FLOOR_TARGET, "met": None if val is None else bool(val <= FLOOR_TARGET)}
         if fl.get("floor_ms") is not None:
             rec["note"] = (f"floor {fl['floor_ms']:.2f} ms = {fl['step_gflop']:.4f} GFLOP at the network's matmul rate "
                            f"{fl['matmul']['gflops_per_s']:.1f} GFLOP/s")
+            if in_epoch:
+                rec["note"] += (f"; epoch {fl['epoch_step_ms']:.2f} ms a step; the jitted step called alone "
+                                f"{_f(fl.get('step_over_floor'))}x")
         out.append(_comparable(rec, r) if r.get("status") != "ok" else rec)
     return out
 

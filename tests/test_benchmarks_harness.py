@@ -284,7 +284,7 @@ def test_targets_are_issue_17s_goals():
             d["aetk_jax"].update(minimal_epoch_s=0.5, epoch_beside_minimal_s=0.8)
         res["models"].append(d)
     res["models"][0]["floor"] = {"step_gflop": 0.01, "floor_ms": 8.0, "step_over_floor": 1.25,
-                                 "matmul": {"gflops_per_s": 50.0}}
+                                 "matmul": {"gflops_per_s": 50.0}, "epoch_step_ms": 13.6, "epoch_step_over_floor": 1.7}
     t = {x["target"].split(" (")[0]: x for x in report.evaluate_targets(res)}
     vae = t["vae epoch ratio pythae/aetk_jax >= 10"]
     assert vae["met"] is False and vae["measured"] == pytest.approx(2.0)  # pythae loop 2 s / aetk_jax 1 s
@@ -294,8 +294,14 @@ def test_targets_are_issue_17s_goals():
     assert t["vae fit compile"]["met"] is True and t["vae fit compile"]["measured"] == 2.0
     assert "fresh process 2.5 s" in t["vae fit compile"]["note"] and "cache (JAX_COMPILATION_CACHE_DIR) 0.4 s" in t["vae fit compile"]["note"]
     assert "cache" not in t["rhvae fit compile"]["note"]  # not measured: no cache note
-    assert t["vae step <= 1.5x its FLOP floor"]["met"] is True and "50.0 GFLOP/s" in t["vae step <= 1.5x its FLOP floor"]["note"]
-    assert t["hvae step <= 1.5x its FLOP floor"]["met"] is None  # no floor measured
+    # the floor goal is judged on fit's epoch per step; the jitted step alone is in the note
+    fl = t["vae fit's epoch, per step, <= 1.5x its FLOP floor"]
+    assert fl["met"] is False and fl["measured"] == 1.7 and "50.0 GFLOP/s" in fl["note"]
+    assert "epoch 13.60 ms a step; the jitted step called alone 1.25x" in fl["note"]
+    assert t["hvae step <= 1.5x its FLOP floor"]["met"] is None  # no floor measured (an older record's label)
+    del res["models"][0]["floor"]["epoch_step_over_floor"]  # a record from before the epoch was measured
+    old = {x["target"].split(" (")[0]: x for x in report.evaluate_targets(res)}["vae step <= 1.5x its FLOP floor"]
+    assert old["met"] is True and old["measured"] == 1.25
 
 
 def test_json_and_markdown_outputs(tmp_path):
