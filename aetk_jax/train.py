@@ -26,7 +26,7 @@ Model modules never import the training layer; ``training.hooks`` imports them.
 """
 from __future__ import annotations
 
-from .training.epoch import EpochResult, make_epoch, make_evaluator
+from .training.epoch import EpochResult, make_epoch, make_evaluator, shuffle
 from .training.fit import NonFiniteError, TrainingInterrupted, fit, load_variables, save_history
 from .training.hooks import infomax_optimizers, infomax_phases, make_trainer
 from .training.loggers import CSVLogger, TensorBoard
@@ -59,6 +59,7 @@ __all__ = [
     "init_state",
     "make_step",
     "accept_finite",
+    "shuffle",
     "make_trainer",
     "make_epoch",
     "make_evaluator",

