@@ -1,7 +1,7 @@
 """What a non-finite guard costs a step, by where it decides: after the update or before it.
 
-Three bare flax/optax scans of the same VAE (:class:`benchmarks.jax_side._MinimalVAE`, Adam),
-each step computing the loss and its gradient, then:
+Three bare flax/optax scans of the same VAE (:class:`benchmarks.jax_side._MinimalVAE`, Adam;
+:func:`benchmarks.jax_side.minimal_scan`), each step computing the loss and its gradient, then:
 
 * ``bare`` — the optax update, unconditionally (no guard);
 * ``select`` — the update, then the gradient's global norm and ``ok = isfinite(loss) ∧
@@ -21,50 +21,21 @@ import argparse
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-VARIANTS = ("bare", "select", "cond")
-
-
-def make_epoch(net: Any, opt: optax.GradientTransformation, variant: str) -> Callable:
-    """``epoch(params, opt_state, xb, key) -> (params, opt_state, loss sum)`` for one guard variant."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-
-    def update(p: Any, st: Any, g: Any) -> tuple[Any, Any]:
-        u, st = opt.update(g, st, p)
-        return optax.apply_updates(p, u), st
-
-    def step(carry: tuple, inp: tuple) -> tuple[tuple, None]:
-        p, st, total = carry
-        xb, k = inp
-        loss, g = jax.value_and_grad(lambda q: net.apply(q, xb, k))(p)
-        if variant == "bare":
-            new = update(p, st, g)
-        else:
-            ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(g))
-            if variant == "select":
-                new = optax.tree.where(ok, update(p, st, g), (p, st))
-            else:
-                new = jax.lax.cond(ok, lambda a: update(*a, g), lambda a: a, (p, st))
-        return (*new, total + loss), None
-
-    def epoch(p: Any, st: Any, xb: jax.Array, key: jax.Array) -> tuple:
-        return jax.lax.scan(step, (p, st, jnp.float32(0.0)), (xb, jax.random.split(key, xb.shape[0])))[0]
-
-    return jax.jit(epoch)
+from .jax_side import MINIMAL_GUARDS as VARIANTS
+from .jax_side import _MinimalVAE, minimal_scan
 
 
 def measure(dataset: str = "mnist-synthetic", n: int = 4096, rounds: int = 7) -> dict[str, Any]:
     """Median ms per step of each variant (the first round is a warm-up), with the setting."""
     from . import data
     from .config import default_setting
-    from .jax_side import _MinimalVAE
 
     s = default_setting("vae", dataset)
     x = np.asarray(data.load(dataset, n), np.float32)
@@ -74,7 +45,7 @@ def measure(dataset: str = "mnist-synthetic", n: int = 4096, rounds: int = 7) ->
     key = jax.random.key(0)
     params = jax.jit(net.init)(key, xb[0], key)
     opt = optax.adam(s.learning_rate)
-    compiled = {v: make_epoch(net, opt, v).lower(params, opt.init(params), xb, key).compile() for v in VARIANTS}
+    compiled = {v: minimal_scan(net, opt, v).lower(params, opt.init(params), xb, key).compile() for v in VARIANTS}
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
         for v in VARIANTS:

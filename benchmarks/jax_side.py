@@ -244,6 +244,43 @@ class _MinimalVAE(nn.Module):
         return -jnp.mean(loglik - kl)
 
 
+MINIMAL_GUARDS = ("bare", "select", "cond")
+
+
+def minimal_scan(net: nn.Module, opt: optax.GradientTransformation, guard: str = "bare") -> Callable:
+    """``epoch(params, opt_state, xb, key) -> ((params, opt_state), losses)``: a bare flax/optax scan.
+
+    Each step takes the loss and gradient of ``net.apply(params, batch, key)`` and then, by ``guard``:
+    ``"bare"`` applies the optax update unconditionally; ``"select"`` applies it and picks the new
+    or old parameters and optimizer state leaf by leaf (``optax.tree.where``) by ``ok =
+    isfinite(loss) ∧ isfinite(‖g‖)``; ``"cond"`` computes ``ok`` first and runs the update under
+    ``lax.cond(ok, update, identity)`` (what ``aet.train.make_step``'s step does with ``accept``).
+    Returns the jitted epoch.
+    """
+    if guard not in MINIMAL_GUARDS:
+        raise ValueError(f"guard must be one of {MINIMAL_GUARDS}, got {guard!r}")
+
+    def update(p: Any, st: Any, g: Any) -> tuple[Any, Any]:
+        u, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u), st
+
+    def step(carry: tuple, inp: tuple) -> tuple[tuple, jax.Array]:
+        p, st = carry
+        xb, k = inp
+        loss, g = jax.value_and_grad(lambda q: net.apply(q, xb, k))(p)
+        if guard == "bare":
+            return update(p, st, g), loss
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(g))
+        if guard == "select":
+            return optax.tree.where(ok, update(p, st, g), (p, st)), loss
+        return jax.lax.cond(ok, lambda a: update(*a, g), lambda a: a, (p, st)), loss
+
+    def epoch(p: Any, st: Any, xb: jax.Array, key: jax.Array) -> tuple:
+        return jax.lax.scan(step, (p, st), (xb, jax.random.split(key, xb.shape[0])))
+
+    return jax.jit(epoch)
+
+
 class MinimalEpoch:
     """A lower bound for a VAE epoch in JAX: the same network and Adam in a bare ``lax.scan``.
 
@@ -261,19 +298,8 @@ class MinimalEpoch:
         key = jax.random.key(seed)
         params = jax.jit(net.init)(key, self.xb[0], key)
         opt = optax.adam(s.learning_rate)
-
-        def step(carry, inp):
-            p, st = carry
-            xb, k = inp
-            loss, g = jax.value_and_grad(lambda q: net.apply(q, xb, k))(p)
-            u, st = opt.update(g, st, p)
-            return (optax.apply_updates(p, u), st), loss
-
-        def epoch(p, st, xb, key):
-            return jax.lax.scan(step, (p, st), (xb, jax.random.split(key, xb.shape[0])))
-
         self.state = (params, opt.init(params))
-        self.compiled = jax.jit(epoch).lower(*self.state, self.xb, key).compile()
+        self.compiled = minimal_scan(net, opt).lower(*self.state, self.xb, key).compile()
         self.key = key
 
     def epoch(self, seed: int) -> tuple[float, float]:

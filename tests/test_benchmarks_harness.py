@@ -343,12 +343,10 @@ def test_julia_export_writes_the_exact_data(tmp_path):
 
 
 def test_guard_cost_variants_compute_the_same_training_and_the_guards_keep_a_nan_batch_out():
-    """benchmarks.guard_cost: on finite data the three epochs give the same parameters (the guard
-    only decides); with a NaN batch the select and cond guards give the same, finite, parameters
+    """jax_side.minimal_scan's guards (benchmarks.guard_cost times them): on finite data the three
+    epochs give the same parameters (the guard only decides); with a NaN batch the select and cond guards give the same, finite, parameters
     (that batch left out), while the unguarded epoch's go NaN."""
     import optax
-
-    from benchmarks import guard_cost
 
     net = jax_side._MinimalVAE((8,), 2, 6)
     rng = np.random.default_rng(0)
@@ -357,14 +355,14 @@ def test_guard_cost_variants_compute_the_same_training_and_the_guards_keep_a_nan
     params = net.init(key, xb[0], key)
     opt = optax.adam(1e-2)
     leaves = lambda t: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(t)])  # noqa: E731
-    run = {v: guard_cost.make_epoch(net, opt, v) for v in guard_cost.VARIANTS}
-    out = {v: leaves(f(params, opt.init(params), xb, key)[0]) for v, f in run.items()}
+    run = {v: jax_side.minimal_scan(net, opt, v) for v in jax_side.MINIMAL_GUARDS}
+    out = {v: leaves(f(params, opt.init(params), xb, key)[0][0]) for v, f in run.items()}
     np.testing.assert_allclose(out["select"], out["bare"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(out["cond"], out["bare"], rtol=1e-6, atol=1e-7)
     assert np.max(np.abs(out["bare"] - leaves(params))) > 1e-3  # four Adam steps moved them
     bad = xb.at[2, 0, 0].set(jnp.nan)
-    out = {v: leaves(f(params, opt.init(params), bad, key)[0]) for v, f in run.items()}
+    out = {v: leaves(f(params, opt.init(params), bad, key)[0][0]) for v, f in run.items()}
     assert np.isnan(out["bare"]).any() and np.isfinite(out["cond"]).all()
     np.testing.assert_array_equal(out["select"], out["cond"])
-    with pytest.raises(ValueError, match="variant"):
-        guard_cost.make_epoch(net, opt, "both")
+    with pytest.raises(ValueError, match="guard"):
+        jax_side.minimal_scan(net, opt, "both")

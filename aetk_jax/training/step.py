@@ -352,7 +352,7 @@ def make_step(
     decides first and runs the optax update under ``lax.cond(ok, ...)``: the
     rejected branch returns the state itself, so no per-parameter selection of
     the old or new state is computed (at MNIST size that selection, a pass over
-    the parameters and both Adam moments, made a bare step 1.32× as long on one
+    the parameters and both Adam moments, made a bare step 1.25× as long on one
     CPU core; ``benchmarks/guard_cost.py``). With several phases (each phase's loss is evaluated after the
     previous update) the phases all run and the state is then selected by ``ok``.
 
