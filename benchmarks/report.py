@@ -209,6 +209,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if fl.get("floor_ms") is not None:
             rec["note"] = (f"floor {fl['floor_ms']:.2f} ms = {fl['step_gflop']:.4f} GFLOP at the network's matmul rate "
                            f"{fl['matmul']['gflops_per_s']:.1f} GFLOP/s")
+            fc = fl.get("flop_count")
+            if fc and fc.get("scans_unrolled"):  # counted with the loops unrolled (runs from 2026-12-03's third on)
+                rec["note"] += (f" (XLA's count with the step's {fc['scans_unrolled']} scans unrolled; as compiled, "
+                                f"each loop body once, {_f(fc.get('rolled_gflop'), '{:.4f}')} GFLOP)")
             if in_epoch:
                 rec["note"] += (f"; epoch {fl['epoch_step_ms']:.2f} ms a step; the jitted step called alone "
                                 f"{_f(fl.get('step_over_floor'))}x")

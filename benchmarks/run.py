@@ -269,8 +269,8 @@ def bench_model(s: Setting, suite: Suite, x_steps: Any, x_epoch: Any, device: st
             if "error" not in cc:
                 log(f"  {s.model}: fit compile excess in a fresh process {cc['cold']['fit_compile_excess_s']:.1f} s, "
                     f"rerun with the persistent compilation cache {cc['warm']['fit_compile_excess_s']:.1f} s")
-        rec["floor"] = fl = jax_side.floor(jr, rec["aetk_jax"]["step"].get("median_ms"),
-                                           rec["aetk_jax"]["epoch_s"] * 1e3 / n_steps)
+        rec["floor"] = fl = jax_side.floor(jr, rec["aetk_jax"]["step"].get("median_ms"),  # epochs paired with the
+                                           rec["aetk_jax"]["epoch_s"] * 1e3 / n_steps, rounds=5)  # matmul rate
         log(f"  {s.model}: fit compile excess {rec['aetk_jax']['fit_compile_excess_s']:.1f} s; epoch step "
             f"{fl.get('epoch_step_over_floor') or float('nan'):.2f}x, step alone {fl.get('step_over_floor') or float('nan'):.2f}x "
             f"its FLOP floor ({fl.get('floor_ms') or float('nan'):.2f} ms at {fl['matmul']['gflops_per_s']:.1f} GFLOP/s)")

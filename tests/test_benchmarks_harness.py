@@ -178,6 +178,56 @@ def test_minimal_epoch_is_the_same_network_scanned_over_every_batch():
     assert losses[-1] < losses[0]  # it trains
 
 
+def test_unrolled_flops_count_every_iteration_of_every_loop():
+    n = 64
+    one = 2 * n**3  # the flops of one n x n product
+
+    def f(x):
+        y = jax.lax.fori_loop(0, 3, lambda i, a: a @ a, x)  # 3 products (a scan: static bounds)
+        z = jax.lax.scan(lambda c, _: (jax.lax.fori_loop(0, 2, lambda i, a: a @ a, c), None), y, None, length=4)[0]
+        return jax.lax.cond(jnp.sum(z) > 0, lambda: z @ z, lambda: -z)  # 4 x 2 nested, then 1 in a branch
+
+    got = jax_side.unrolled_flops(f, jnp.ones((n, n)))
+    # XLA's cost analysis of the program as written counts each loop body once: 3 products, not 12
+    assert 3 * one <= got["rolled_flops"] < 3.1 * one
+    assert 12 * one <= got["flops"] < 12.1 * one
+    assert (got["scans"], got["whiles"]) == (3, 0)
+    # a while_loop has no static trip count: left rolled and reported
+    w = jax_side.unrolled_flops(lambda x: jax.lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1] @ c[1]),
+                                                             (0, x))[1], jnp.ones((n, n)))
+    assert w["whiles"] == 1 and one <= w["flops"] < 1.1 * one
+
+
+def test_step_flops_grow_linearly_with_the_leapfrog_steps():
+    counts = {}
+    for k in (1, 2, 3):
+        s = config.Setting(model="hvae", dataset="digits", hidden=(16,), batch_size=16, K=k)
+        counts[k] = jax_side.JaxRunner(s, data.load("digits", 64), n_batches=1).step_flops()
+    per_step = counts[2]["flops"] - counts[1]["flops"]
+    assert per_step > 0.05 * counts[1]["flops"]  # a leapfrog step costs a decoder pass and its gradient
+    np.testing.assert_allclose(counts[3]["flops"] - counts[2]["flops"], per_step, rtol=1e-3)
+    # as compiled, K = 2 and K = 3 report the same flops (one loop body)
+    np.testing.assert_allclose(counts[3]["rolled_flops"], counts[2]["rolled_flops"], rtol=1e-3)
+    assert counts[3]["flops"] > counts[3]["rolled_flops"] + per_step  # the rolled count misses iterations
+
+
+def test_floor_pairs_each_epoch_with_the_rate_beside_it(small_runner):
+    s, x, jr = small_runner
+    jr.compile_epoch(x)
+    fl = jax_side.floor(jr, 2.0, 1.5, rounds=3, calls=4)
+    flops = jr.step_flops()["flops"]
+    pr = fl["paired"]
+    assert len(pr["epoch_step_ms"]) == len(pr["gflops_per_s"]) == len(pr["epoch_step_over_floor"]) == 3
+    want = [t / (flops / (g * 1e9) * 1e3) for t, g in zip(pr["epoch_step_ms"], pr["gflops_per_s"])]
+    np.testing.assert_allclose(pr["epoch_step_over_floor"], want, rtol=1e-12)
+    assert fl["epoch_step_over_floor"] == pytest.approx(float(np.median(want)), rel=1e-12)
+    assert fl["matmul"]["gflops_per_s"] == pytest.approx(float(np.median(pr["gflops_per_s"])), rel=1e-12)
+    assert fl["floor_ms"] == pytest.approx(flops / (fl["matmul"]["gflops_per_s"] * 1e9) * 1e3, rel=1e-12)
+    assert fl["epoch_step_over_floor_main"] == pytest.approx(1.5 / fl["floor_ms"], rel=1e-12)
+    assert fl["step_over_floor"] == pytest.approx(2.0 / fl["floor_ms"], rel=1e-12)
+    assert fl["step_gflop"] == pytest.approx(flops / 1e9) and fl["flop_count"]["while_loops_left"] == 0
+
+
 def test_first_order_potential_gradient_has_the_value_and_no_derivative():
     s = config.Setting(model="hvae", dataset="digits", hidden=(4,), batch_size=8)
     model, _, _ = jax_side.build(s)
