@@ -271,7 +271,7 @@ def markdown(results: dict[str, Any]) -> str:
         "Ratios are pythae time / aetk_jax time (> 1: aetk_jax is faster). Step: median of per-step wall times "
         "after warm-up, the two libraries interleaved round by round. Epoch (loop): pythae driven by a plain "
         "shuffled-tensor loop; epoch (trainer): pythae's own `BaseTrainer.train_step`; aetk_jax: "
-        "`aet.train.make_epoch` (the compiled scan `fit` runs) plus `end_epoch`. Compile: aetk_jax's trace + "
+        "`aet.train.make_epoch` (the compiled scan `fit` runs) plus the trainer's `end_epoch` where it has one (RHVAE). Compile: aetk_jax's trace + "
         "XLA compile of the step (pythae has none). Memory: peak RSS increase during steady-state steps, "
         "fresh process per library (see benchmarks/README.md for the limits).",
         "",
