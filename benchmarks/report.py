@@ -178,6 +178,13 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             rec["note"] = (f"a bare flax/optax scan of the same network (no shuffle, guard or metrics) takes "
                            f"{bare * 1e3:.1f} ms an epoch against aetk_jax's {beside * 1e3:.1f} ms in rounds of their "
                            f"own (pythae loop / bare scan: {loop / bare:.1f})")
+        fl, steps = (r or {}).get("floor") or {}, (r or {}).get("epoch_steps")
+        if fl.get("floor_ms") and steps and a.get("epoch_s") and loop:
+            floor_s = fl["floor_ms"] * steps / 1e3  # the epoch's FLOP floor, from the row's step floor
+            rec["note"] = ((rec["note"] + "; ") if "note" in rec else "") + (
+                f"the epoch's FLOP floor {floor_s * 1e3:.2f} ms ({steps} steps at {fl['matmul']['gflops_per_s']:.1f} "
+                f"GFLOP/s): aetk_jax's epoch is {a['epoch_s'] / floor_s:.2f}x it, and x{target:g} would need "
+                f"{loop / target / floor_s:.2f}x it")
         out.append(rec)
     for (model, label), target in VARIANT_RATIO_TARGETS.items():
         r = epoch_rows.get(model)

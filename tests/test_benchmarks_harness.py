@@ -332,13 +332,18 @@ def test_targets_are_issue_17s_goals():
         if d["model"] == "vae":  # the two fresh processes of benchmarks.compile_cache, the bare scan
             d["aetk_jax"]["fit_compile_cache"] = {"cold": {"fit_compile_excess_s": 2.5}, "warm": {"fit_compile_excess_s": 0.4}}
             d["aetk_jax"].update(minimal_epoch_s=0.5, epoch_beside_minimal_s=0.8)
+            d["floor"], d["epoch_steps"] = {"floor_ms": 40.0, "matmul": {"gflops_per_s": 20.0}}, 5
         res["models"].append(d)
     res["models"][0]["floor"] = {"step_gflop": 0.01, "floor_ms": 8.0, "step_over_floor": 1.25,
-                                 "matmul": {"gflops_per_s": 50.0}, "epoch_step_ms": 13.6, "epoch_step_over_floor": 1.7}
+                                 "matmul": {"gflops_per_s": 50.0}, "epoch_step_ms": 13.6, "epoch_step_over_floor": 1.7,
+                                 "flop_count": {"rolled_gflop": 0.005, "scans_unrolled": 2, "while_loops_left": 0}}
     t = {x["target"].split(" (")[0]: x for x in report.evaluate_targets(res)}
     vae = t["vae epoch ratio pythae/aetk_jax >= 10"]
     assert vae["met"] is False and vae["measured"] == pytest.approx(2.0)  # pythae loop 2 s / aetk_jax 1 s
     assert "takes 500.0 ms an epoch against aetk_jax's 800.0 ms in rounds of their own (pythae loop / bare scan: 4.0)" in vae["note"]
+    # the epoch's FLOP floor beside it: 5 steps x 40 ms; x10 would need the 1 s epoch at 2 s / 10 = 1.00x the floor
+    assert ("the epoch's FLOP floor 200.00 ms (5 steps at 20.0 GFLOP/s): aetk_jax's epoch is 5.00x it, "
+            "and x10 would need 1.00x it") in vae["note"]
     assert t["hvae epoch ratio pythae/aetk_jax >= 8"]["note"].startswith("parity")
     assert t["rhvae epoch ratio pythae/aetk_jax >= 20"]["met"] is None
     assert t["vae fit compile"]["met"] is True and t["vae fit compile"]["measured"] == 2.0
@@ -348,6 +353,7 @@ def test_targets_are_issue_17s_goals():
     fl = t["vae fit's epoch, per step, <= 1.5x its FLOP floor"]
     assert fl["met"] is False and fl["measured"] == 1.7 and "50.0 GFLOP/s" in fl["note"]
     assert "epoch 13.60 ms a step; the jitted step called alone 1.25x" in fl["note"]
+    assert "(XLA's count with the step's 2 scans unrolled; as compiled, each loop body once, 0.0050 GFLOP)" in fl["note"]
     assert t["hvae step <= 1.5x its FLOP floor"]["met"] is None  # no floor measured (an older record's label)
     del res["models"][0]["floor"]["epoch_step_over_floor"]  # a record from before the epoch was measured
     old = {x["target"].split(" (")[0]: x for x in report.evaluate_targets(res)}["vae step <= 1.5x its FLOP floor"]
