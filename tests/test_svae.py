@@ -156,14 +156,15 @@ def test_svae_trains_on_digits_and_is_scored_and_sampled(digits):
     model = _svae(d=3, hidden=64)
     loss_fn = functools.partial(svae.loss, model)
     variables, history = aet.train.fit(model, loss_fn, train, key=jax.random.key(0), optimizer=optax.adam(3e-3),
-                                       epochs=6, batch_size=64, progress=False)
+                                       epochs=12, batch_size=64, progress=False)
     losses = history["train"]["loss"]
     assert losses[-1] < losses[0] - 5.0, losses
     xv = jnp.asarray(val.x[:200])
     elbo_fn = jax.jit(functools.partial(aet.evaluate.elbo, model, n_samples=4))
     elbo = float(jnp.mean(elbo_fn(variables, xv, jax.random.key(1))))
-    # measured: −26.38 after 6 epochs; the best decoder that ignores z (per-pixel training means) scores −27.17
-    assert elbo > -26.9, elbo
+    # measured: −25.34, −25.31, −25.29 after 12 epochs (training keys 0, 1, 2; −26.4 after 6); the best
+    # decoder that ignores z (per-pixel training means) scores −27.17
+    assert elbo > -25.9, elbo
     ll = float(jnp.mean(aet.evaluate.marginal_loglikelihood(model, variables, xv, jax.random.key(2), 64)))
     assert elbo - 0.05 < ll < 0.0, (elbo, ll)
     s = aet.sample(model, variables, jax.random.key(3), 5)

@@ -175,24 +175,41 @@ def test_vamp_without_a_known_data_shape_says_how_to_give_it():
     assert vamp.VAMP(enc, dec, 3, data_shape=(64,)).prior.data_shape == (64,)
 
 
+def _model_with_prior(name, enc, dec, prior):
+    kw = {} if prior is None else {"prior": prior}
+    if name == "hvae":
+        return aet.HVAE(enc, dec, **kw), functools.partial(aet.hvae.loss, K=2, eps=0.01)
+    if name == "rhvae":
+        metric = aet.rhvae.MetricNetwork(aet.MLP([8]), 2)
+        return aet.RHVAE(enc, dec, metric, 4, 0.8, 1e-2, **kw), functools.partial(
+            aet.rhvae.loss, K=1, eps=0.001, fixed_point_tol=1e30)
+    if name == "infomaxvae":
+        critic = aet.infomaxvae.MutualInfoNetwork(aet.MLP([8]))
+        return aet.InfoMaxVAE(enc, dec, critic, **kw), functools.partial(aet.infomaxvae.loss, alpha=0.0)
+    return aet.IWAE(enc, dec, **kw), iwae.loss
+
+
 @pytest.mark.parametrize("name", ["hvae", "rhvae", "infomaxvae", "iwae"])
 def test_every_model_creates_and_uses_a_learned_prior(name):
-    # the prior's parameters exist after init and receive gradient from each model's loss
+    # the prior's parameters exist after init, and each model's loss scores its codes with that prior:
+    # a one-component mixture at N(0, I) gives the standard-normal prior's loss, a moved one a worse
+    # loss, and its parameters receive the gradient
     enc, dec = small_vae_parts(latent_dim=2, hidden=8)
-    prior = priors.MixtureOfGaussians(3, 2)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(6, 64)) > 0.5, jnp.float32)
-    if name == "hvae":
-        model, loss = aet.HVAE(enc, dec, prior=prior), functools.partial(aet.hvae.loss, K=2, eps=0.01)
-    elif name == "rhvae":
-        metric = aet.rhvae.MetricNetwork(aet.MLP([8]), 2)
-        model = aet.RHVAE(enc, dec, metric, 4, 0.8, 1e-2, prior=prior)
-        loss = functools.partial(aet.rhvae.loss, K=1, eps=0.001, fixed_point_tol=1e30)
-    elif name == "infomaxvae":
-        critic = aet.infomaxvae.MutualInfoNetwork(aet.MLP([8]))
-        model, loss = aet.InfoMaxVAE(enc, dec, critic, prior=prior), aet.infomaxvae.loss
-    else:
-        model, loss = aet.IWAE(enc, dec, prior=prior), iwae.loss
+    model, loss = _model_with_prior(name, enc, dec, priors.MixtureOfGaussians(1, 2))
     variables = model.init(jax.random.key(0), x)
     assert set(variables["params"]["prior"]) == {"means", "log_scales", "logits"}
-    g = jax.jit(jax.grad(lambda v: loss(model, v, x, jax.random.key(1))))(variables)["params"]["prior"]
+    at = lambda mean: {**variables, "params": {**variables["params"], "prior": {  # noqa: E731
+        "means": jnp.full((1, 2), mean), "log_scales": jnp.zeros((1, 2)), "logits": jnp.zeros(1)}}}
+    value = jax.jit(lambda v: loss(model, v, x, jax.random.key(1)))
+    plain, plain_loss = _model_with_prior(name, enc, dec, None)
+    if name == "infomaxvae":
+        # the standard prior's KL is in closed form, the mixture's a Monte-Carlo estimate: at alpha = 0 the
+        # loss is aet.vae.loss's with the same prior and key (its docstring's identity)
+        ref = aet.vae.loss(aet.VAE(enc, dec, prior=priors.MixtureOfGaussians(1, 2)), at(0.0), x, jax.random.key(1))
+    else:
+        ref = plain_loss(plain, plain.init(jax.random.key(0), x), x, jax.random.key(1))
+    np.testing.assert_allclose(float(value(at(0.0))), float(ref), rtol=1e-6)
+    assert float(value(at(3.0))) > float(value(at(0.0))) + 1.0  # codes near 0 are improbable under N((3, 3), I)
+    g = jax.jit(jax.grad(lambda v: loss(model, v, x, jax.random.key(1))))(at(0.0))["params"]["prior"]
     assert float(jnp.abs(g["means"]).sum()) > 0
