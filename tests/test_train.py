@@ -191,6 +191,21 @@ def test_epoch_shuffle_is_the_stable_sort_reference_and_a_permutation(n):
     assert np.array_equal(np.asarray(aet.train.shuffle(key, 1)), [0])
 
 
+def test_epoch_shuffle_above_its_position_bits_is_jax_random_permutation(monkeypatch):
+    # n > 2**24 leaves fewer than 8 random bits a word: the fallback is jax.random.permutation itself
+    # (at n = 2**24 + 3 one call takes ~17 s on one core, so the limit is lowered here to reach the branch)
+    from aetk_jax.training import epoch
+
+    assert epoch._MAX_POSITION_BITS == 24
+    monkeypatch.setattr(epoch, "_MAX_POSITION_BITS", 6)  # n = 65: m = 7 > 6
+    key = jax.random.key(5)
+    got = np.asarray(aet.train.shuffle(key, 65))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.asarray(jax.random.permutation(key, 65)))
+    monkeypatch.setattr(epoch, "_MAX_POSITION_BITS", 7)  # n = 65 sorts again: not the permutation's order
+    np.testing.assert_array_equal(np.asarray(aet.train.shuffle(key, 65)), _shuffle_reference(key, 65))
+
+
 def test_epoch_shuffle_is_uniform():
     """All 24 orders of 4 elements, and every element at every position of 9, equally often:
     chi-square statistics over 48 000 keys below their 99.9% quantiles (22 dof: 48.3; 8 dof: 26.1)."""

@@ -47,6 +47,9 @@ def _take(x: Any, idx: jax.Array) -> Any:
     return jax.tree_util.tree_map(lambda a: a[idx], x)
 
 
+_MAX_POSITION_BITS = 24  # above it a word keeps < 8 random bits: jax.random.permutation instead
+
+
 def shuffle(key: jax.Array, n: int) -> jax.Array:
     """A uniformly random permutation of ``0 … n−1`` (``int32``), by stable sorts of random words.
 
@@ -71,7 +74,7 @@ def shuffle(key: jax.Array, n: int) -> jax.Array:
     if n <= 1:
         return jnp.arange(n, dtype=jnp.int32)
     m = math.ceil(math.log2(n))
-    if m > 24:
+    if m > _MAX_POSITION_BITS:
         return jax.random.permutation(key, n).astype(jnp.int32)
     rounds = math.ceil(max(32.0, 3.0 * math.log2(n)) / (32 - m))
     bits = jax.random.bits(key, (rounds, n), jnp.uint32)
