@@ -398,6 +398,21 @@ def test_julia_export_writes_the_exact_data(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["suite"]["name"] == "tiny"
 
 
+@pytest.mark.slow
+def test_thread_configurations_take_effect_in_their_processes():
+    from benchmarks import threads
+
+    tiny = [("vae", "digits", 256, 1)]
+    cores = len(os.sched_getaffinity(0))
+    pinned = threads._run_config("pinned, 1 thread", tiny, 300)
+    assert pinned["cores"] == 1 and pinned["vae digits"] > 0
+    assert threads._run_config("default", tiny, 300)["cores"] == cores
+    fake = {"machine": {"cpu": "x", "logical_cpus": 2}, "rounds": 1, "settings": tiny,
+            "cells": {"idle": {"default": {"vae digits": 4.0}, "pinned": {"vae digits": 3.0}}}}
+    md = threads.markdown(fake)
+    assert "| idle | default | 4.0 (1.00×) |" in md and "| idle | pinned | 3.0 (0.75×) |" in md
+
+
 def test_guard_cost_variants_compute_the_same_training_and_the_guards_keep_a_nan_batch_out():
     """jax_side.minimal_scan's guards (benchmarks.guard_cost times them): on finite data the three
     epochs give the same parameters (the guard only decides); with a NaN batch the select and cond guards give the same, finite, parameters
