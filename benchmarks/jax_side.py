@@ -156,6 +156,7 @@ class JaxRunner:
         self.i = 0
         self.compiled: Any = None
         self.metrics: Any = None
+        self._flops: Optional[dict[str, Any]] = None  # step_flops' cache
 
     def compile(self) -> dict[str, Any]:
         """Trace, lower and compile the step; returns timings (s) and XLA's memory analysis."""
@@ -169,9 +170,11 @@ class JaxRunner:
                 "xla_memory": _memory_stats(self.compiled)}
 
     def step_flops(self) -> dict[str, Any]:
-        """:func:`unrolled_flops` of the training step at the first batch (cached)."""
-        if getattr(self, "_flops", None) is None:
-            self._flops = unrolled_flops(self.trainer.step, self.state, self.batches[0], self.keys[0])
+        """:func:`unrolled_flops` of the training step at the first batch (cached; the rolled count
+        from the step :meth:`compile` made, when it has been called)."""
+        if self._flops is None:
+            self._flops = unrolled_flops(self.trainer.step, self.state, self.batches[0], self.keys[0],
+                                         compiled=self.compiled)
         return self._flops
 
     def step(self) -> None:
@@ -415,14 +418,15 @@ def _unroll_scans(jaxpr: Any, counts: dict[str, int]) -> Any:
     return jaxpr.replace(eqns=eqns)
 
 
-def unrolled_flops(fn: Callable, *args: Any) -> dict[str, Any]:
+def unrolled_flops(fn: Callable, *args: Any, compiled: Any = None) -> dict[str, Any]:
     """XLA's flop count of ``fn(*args)`` compiled with every ``lax.scan`` (and static ``fori_loop``) unrolled.
 
     The function's jaxpr is rewritten so that each scan, at any depth, has ``unroll`` equal
     to its length; compiled, it has no loop left whose body XLA's cost analysis would count
     once. Returns ``{"flops", "rolled_flops"}`` (the second: the same function compiled as
-    written) with ``"scans"`` (how many were unrolled) and ``"whiles"`` (``lax.while_loop``s
-    left, counted once each: with any, ``flops`` is a lower bound).
+    written; ``compiled``, that compilation if the caller has it, else it is compiled here)
+    with ``"scans"`` (how many were unrolled) and ``"whiles"`` (``lax.while_loop``s left,
+    counted once each: with any, ``flops`` is a lower bound).
     """
     from jax.extend import core as jc
 
@@ -431,7 +435,7 @@ def unrolled_flops(fn: Callable, *args: Any) -> dict[str, Any]:
     unrolled = _unroll_scans(closed, counts)
     leaves = jax.tree_util.tree_leaves(args)
     flops = step_flops(jax.jit(jc.jaxpr_as_fun(unrolled)).lower(*leaves).compile())
-    rolled = step_flops(jax.jit(jc.jaxpr_as_fun(closed)).lower(*leaves).compile())
+    rolled = step_flops(compiled if compiled is not None else jax.jit(jc.jaxpr_as_fun(closed)).lower(*leaves).compile())
     return {"flops": flops, "rolled_flops": rolled, **counts}
 
 

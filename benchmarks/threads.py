@@ -23,6 +23,7 @@ digits-b64 (with its end-of-epoch metric update).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -105,10 +106,7 @@ def measure(rounds: int = 2, settings: Optional[list[tuple[str, str, int, int]]]
     for _ in range(rounds):
         for load in ("idle", "busy"):
             for name in CONFIGS:
-                if load == "busy":
-                    with _Spinner():
-                        runs[load][name].append(_run_config(name, settings, timeout_s))
-                else:
+                with _Spinner() if load == "busy" else contextlib.nullcontext():
                     runs[load][name].append(_run_config(name, settings, timeout_s))
     info["load_average_end"] = load_average()
     keys = [f"{m} {d}" for m, d, _, _ in settings]
